@@ -1,0 +1,117 @@
+"""Attention over a compressed KV cache, the PyTorch reference that is exported to ONNX.
+
+Cache per layer: keys and values each either uncompressed, [B, G, S, d] (G KV heads of head_dim d), or a latent
+[B, 1, S, r]: one rank-r code shared by all KV heads, k ~= mean + basis @ c with basis [G*d, r] orthonormal.
+
+Keys, by mode:
+  full       scores = q . k, the usual GQA.
+  post-rope  latents of rotated keys; scores in k-space: (basis_g^T q_h) . c. The mean term q . mean is the
+             same for every key of a query, so softmax drops it (the sink is coded like any other key).
+  pre-rope   latents of un-rotated keys (projection folded into k_proj); every step rebuilds the keys
+             mean + basis @ c, rotates them at their positions, then the usual GQA.
+Values: full, or latents with the up-projection absorbed into o_proj: sum_m a_m (mu + B c_m) = mu + B (sum_m a_m c_m)
+because the attention weights sum to one, so o_proj' = o_proj @ blockdiag(B_g(h)) and bias o_proj @ mu.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+KEY_MODES = ("pre-rope", "post-rope")
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, nh, T, d); cos/sin (B, 1, T, d). HF Llama's convention (halves, not interleaved pairs)."""
+    return x * cos + rotate_half(x) * sin
+
+
+def grouped_matmul(a: torch.Tensor, b: torch.Tensor, groups: int) -> torch.Tensor:
+    """a (B, H, T, x) @ b (B, G, x, y) -> (B, H, T, y), head h using group h // (H/G), without repeating b."""
+    B, H, T, x = a.shape
+    out = a.reshape(B, groups, (H // groups) * T, x) @ b   # (B, G, H/G*T, y)
+    return out.reshape(B, H, T, out.shape[-1])
+
+
+class Attention(nn.Module):
+    """One layer's attention. Built by `fold.build_attention` from HF weights and optional projectors."""
+
+    def __init__(self, cfg, key_mode: str, key_rank: int | None, value_rank: int | None):
+        super().__init__()
+        H, G, d, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
+        self.H, self.G, self.d = H, G, d
+        self.scale = d ** -0.5
+        self.key_mode = "full" if key_rank is None else key_mode
+        self.tap = None  # calibration hook: tap(name, tensor (B, T, width)); None when exporting
+        self.key_rank, self.value_rank = key_rank, value_rank
+        self.q_proj = nn.Linear(D, H * d, bias=cfg.qkv_bias)
+        # pre-rope keys and latent values fold the projection into k_proj / v_proj: they output latents directly
+        k_out = key_rank if self.key_mode == "pre-rope" else G * d
+        self.k_proj = nn.Linear(D, k_out, bias=cfg.qkv_bias or self.key_mode == "pre-rope")
+        self.v_proj = nn.Linear(D, G * d if value_rank is None else value_rank,
+                                bias=cfg.qkv_bias or value_rank is not None)
+        o_in = H * d if value_rank is None else H * value_rank
+        self.o_proj = nn.Linear(o_in, D, bias=cfg.family == "gpt2" or value_rank is not None)
+        if self.key_mode == "post-rope":
+            self.key_encode = nn.Linear(G * d, key_rank)                      # c = basis^T (k - mean)
+            self.register_buffer("query_basis", torch.zeros(H, d, key_rank))  # basis_g(h): q_h -> k-space
+        if self.key_mode == "pre-rope":
+            self.key_decode = nn.Linear(key_rank, G * d)                      # k = basis c + mean
+
+    def forward(self, x, rope_new, rope_all, mask, past_k, past_v):
+        """x (B, T, D); rope_* (cos, sin) for the new tokens / all S tokens or None; mask (B, 1, T, S) additive;
+        past_k, past_v (B, kvh, P, size). Returns y (B, T, D), present_k, present_v (B, kvh, S, size)."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.H, self.d).transpose(1, 2)       # (B, H, T, d)
+        self._tap("query_pre", q)
+        if rope_new is not None:
+            q = apply_rope(q, *rope_new)
+        self._tap("query_post", q)
+        scores, present_k = self._scores(x, q, rope_new, rope_all, past_k)  # (B, H, T, S)
+        probs = torch.softmax(scores * self.scale + mask, dim=-1)
+        out, present_v = self._mix(x, probs, past_v)                        # (B, H, T, d or r)
+        y = self.o_proj(out.transpose(1, 2).reshape(B, T, -1))              # (B, T, D)
+        return y, present_k, present_v
+
+    def _scores(self, x, q, rope_new, rope_all, past_k):
+        B, T, _ = x.shape
+        if self.key_mode == "pre-rope":
+            c = self.k_proj(x).unsqueeze(1)                                  # (B, 1, T, r)
+            present = torch.cat([past_k, c], dim=2)                          # (B, 1, S, r)
+            k = self.key_decode(present.squeeze(1))                          # (B, S, G*d)
+            k = k.view(B, -1, self.G, self.d).transpose(1, 2)                # (B, G, S, d)
+            if rope_all is not None:
+                k = apply_rope(k, *rope_all)
+            return grouped_matmul(q, k.transpose(-1, -2), self.G), present
+        k = self.k_proj(x).view(B, T, self.G, self.d).transpose(1, 2)        # (B, G, T, d)
+        self._tap("key_pre", k)
+        if rope_new is not None:
+            k = apply_rope(k, *rope_new)
+        self._tap("key_post", k)
+        if self.key_mode == "full":
+            present = torch.cat([past_k, k], dim=2)                          # (B, G, S, d)
+            return grouped_matmul(q, present.transpose(-1, -2), self.G), present
+        c = self.key_encode(k.transpose(1, 2).reshape(B, T, -1)).unsqueeze(1)  # (B, 1, T, r)
+        present = torch.cat([past_k, c], dim=2)                              # (B, 1, S, r)
+        q_latent = q @ self.query_basis                                      # (B, H, T, r)
+        return q_latent @ present.transpose(-1, -2), present                 # (B, H, T, S)
+
+    def _mix(self, x, probs, past_v):
+        B, T, _ = x.shape
+        if self.value_rank is None:
+            v = self.v_proj(x).view(B, T, self.G, self.d).transpose(1, 2)    # (B, G, T, d)
+            self._tap("value", v)
+            present = torch.cat([past_v, v], dim=2)                          # (B, G, S, d)
+            return grouped_matmul(probs, present, self.G), present           # (B, H, T, d)
+        c = self.v_proj(x).unsqueeze(1)                                      # (B, 1, T, r)
+        present = torch.cat([past_v, c], dim=2)                              # (B, 1, S, r)
+        return probs @ present, present                                      # (B, H, T, r)
+
+    def _tap(self, name: str, heads: torch.Tensor) -> None:
+        """Hand (B, nh, T, d) to the calibration hook as (B, T, nh*d), heads side by side."""
+        if self.tap is not None:
+            self.tap(name, heads.transpose(1, 2).flatten(2))

@@ -1,0 +1,79 @@
+"""Stream text through the uncompressed compact decoder and accumulate per-layer statistics.
+
+One capture API for every statistic: taps in the decoder name what they see ('hidden', 'query_pre',
+'query_post', 'key_pre', 'key_post', 'value'), and the caller supplies accumulators for the (layer, tap) pairs it
+wants. Nothing is kept per token: accumulators fold each batch into running sums. Position 0 (the sink) is
+kept apart, once, as the sink vector of each tap.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+TAPS = ("hidden", "query_pre", "query_post", "key_pre", "key_post", "value")
+
+
+class Covariance:
+    """Running count, sum and sum of outer products in float64; mean and covariance on demand."""
+
+    def __init__(self):
+        self.n = 0
+        self.sum = None
+        self.outer = None
+
+    def update(self, x: torch.Tensor) -> None:
+        """x (N, dim): N token vectors."""
+        x = x.detach().double()
+        if self.sum is None:
+            self.sum = torch.zeros(x.shape[1], dtype=torch.float64)
+            self.outer = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
+        self.n += x.shape[0]
+        self.sum += x.sum(0)
+        self.outer += x.T @ x
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / self.n
+
+    def covariance(self, centered: bool = True) -> torch.Tensor:
+        """Covariance (centered) or second moment (not centered), (dim, dim)."""
+        second = self.outer / self.n
+        return second - torch.outer(self.mean, self.mean) if centered else second
+
+
+def capture(decoder, windows: Iterable[list[int]], want: dict[tuple[int, str], object] | Callable,
+            desc: str = "calibrating", progress: bool = True) -> dict[tuple[int, str], torch.Tensor]:
+    """Run each window (a list of token ids, sink first) through `decoder` (uncompressed) and feed the taps.
+
+    want: {(layer, tap): accumulator with .update(x (N, dim))}, or a function (layer, tap) -> accumulator or None.
+    Returns the sink vectors {(layer, tap): (dim,)} seen at position 0 of the first window.
+    """
+    pick = want.get if isinstance(want, dict) else want
+    sinks: dict[tuple[int, str], torch.Tensor] = {}
+    windows = list(windows)
+
+    def hook_for(layer):
+        def tap(name, x):                                 # x (1, T, dim)
+            acc = pick((layer, name))
+            if acc is None:
+                return
+            if (layer, name) not in sinks:
+                sinks[(layer, name)] = x[0, 0].detach().double().clone()
+            acc.update(x[0, 1:])
+        return tap
+
+    for i, blk in enumerate(decoder.blocks):
+        blk.attn.tap = hook_for(i)
+    try:
+        with torch.no_grad():
+            for ids in tqdm(windows, desc=desc, unit="window", disable=not progress):
+                t = torch.tensor([ids])                                   # (1, T)
+                mask = torch.ones_like(t)
+                pos = torch.arange(t.shape[1])[None]
+                decoder(t, mask, pos, *decoder.empty_past(1))
+    finally:
+        for blk in decoder.blocks:
+            blk.attn.tap = None
+    return sinks

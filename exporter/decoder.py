@@ -1,0 +1,142 @@
+"""The compact decoder: embeddings, N blocks of (norm, attention, norm, MLP), final norm, LM head.
+
+One module for both families; the differences are a norm type, an MLP type, and RoPE vs learned positions.
+Its forward is the ONNX contract (graphs/contract.py): input_ids, attention_mask, position_ids, then the flat
+past cache (key, value per layer) in; logits and the flat present cache out.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .attention import Attention
+from .config import DecoderConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+
+class GatedMLP(nn.Module):
+    """Llama's SwiGLU."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class GeluMLP(nn.Module):
+    """GPT-2's MLP with the tanh GELU ('gelu_new')."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc = nn.Linear(dim, hidden)
+        self.proj = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: DecoderConfig, attn: Attention, mlp_hidden: int):
+        super().__init__()
+        Norm = (lambda: RMSNorm(cfg.hidden_size, cfg.norm_eps)) if cfg.family == "llama" else \
+            (lambda: nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps))
+        self.norm1, self.attn, self.norm2 = Norm(), attn, Norm()
+        self.mlp = GatedMLP(cfg.hidden_size, mlp_hidden) if cfg.family == "llama" else \
+            GeluMLP(cfg.hidden_size, mlp_hidden)
+
+    def forward(self, x, rope_new, rope_all, mask, past_k, past_v):
+        a, present_k, present_v = self.attn(self.norm1(x), rope_new, rope_all, mask, past_k, past_v)
+        x = x + a
+        return x + self.mlp(self.norm2(x)), present_k, present_v
+
+
+def causal_padding_mask(attention_mask: torch.Tensor, T: int, dtype) -> torch.Tensor:
+    """Additive mask (B, 1, T, S): query i (absolute position S-T+i) sees key j if j <= S-T+i and j is not padding.
+
+    A finite minimum, not -inf, so fully padded query rows give a harmless uniform softmax instead of NaN."""
+    S = attention_mask.shape[1]
+    keys = torch.arange(S, device=attention_mask.device)                       # (S,)
+    queries = torch.arange(T, device=attention_mask.device) + (S - T)          # (T,)
+    allowed = (keys[None, :] <= queries[:, None])[None, None] & (attention_mask[:, None, None, :] > 0)
+    return torch.zeros((), dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+class Rope(nn.Module):
+    """cos/sin tables computed in the graph from positions (no max-length table baked into the model)."""
+
+    def __init__(self, inv_freq: torch.Tensor, scaling: float):
+        super().__init__()
+        self.register_buffer("inv_freq", inv_freq.float().clone())
+        self.scaling = float(scaling)
+
+    def forward(self, positions: torch.Tensor):
+        """positions (B, T) int64 -> cos, sin (B, 1, T, d)."""
+        freqs = positions[..., None].float() * self.inv_freq                       # (B, T, d/2)
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]                            # (B, 1, T, d)
+        return emb.cos() * self.scaling, emb.sin() * self.scaling
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: DecoderConfig, attentions: list[Attention], mlp_hidden: int,
+                 rope: Rope | None):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.pos_embed = nn.Embedding(cfg.max_positions, cfg.hidden_size) if cfg.family == "gpt2" else None
+        self.rope = rope
+        self.blocks = nn.ModuleList(Block(cfg, a, mlp_hidden) for a in attentions)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps) if cfg.family == "llama" else \
+            nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.needs_all_positions = any(b.attn.key_mode == "pre-rope" for b in self.blocks)
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        """input_ids (B, T), attention_mask (B, S), position_ids (B, T), past: 2 per layer (B, kvh, P, size)."""
+        T = input_ids.shape[1]
+        x = self.embed(input_ids)                                                    # (B, T, D)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(position_ids)
+        mask = causal_padding_mask(attention_mask, T, x.dtype)                       # (B, 1, T, S)
+        rope_new = rope_all = None
+        if self.rope is not None:
+            rope_new = self.rope(position_ids)
+            if self.needs_all_positions:   # pre-rope layers rotate every cached key: positions from the mask
+                rope_all = self.rope((attention_mask.cumsum(-1) - 1).clamp(min=0))
+        presents = []
+        for i, block in enumerate(self.blocks):
+            self._tap_hidden(block, x)
+            x, k, v = block(x, rope_new, rope_all, mask, past[2 * i], past[2 * i + 1])
+            presents += [k, v]
+        h = self.norm(x)
+        # 2-D linear traces to Gemm(transB=1), which reads the tied embedding as is; a 3-D one would become
+        # MatMul(Transpose(W)) and constant folding would store a second, transposed copy of the vocabulary.
+        logits = F.linear(h.reshape(-1, h.shape[-1]), self.lm_head.weight)            # (B*T, V)
+        return (logits.view(h.shape[0], T, -1), *presents)
+
+    @staticmethod
+    def _tap_hidden(block, x):
+        if block.attn.tap is not None:
+            block.attn.tap("hidden", x)
+
+    def empty_past(self, batch: int, dtype=torch.float32) -> list[torch.Tensor]:
+        """The cache of a fresh sequence: every layer's key and value with 0 tokens."""
+        out = []
+        for b in self.blocks:
+            a = b.attn
+            out.append(torch.zeros(batch, 1 if a.key_rank else a.G, 0, a.key_rank or a.d, dtype=dtype))
+            out.append(torch.zeros(batch, 1 if a.value_rank else a.G, 0, a.value_rank or a.d, dtype=dtype))
+        return out

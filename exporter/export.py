@@ -1,0 +1,117 @@
+"""torch.onnx export of the compact decoder into an export directory, written atomically.
+
+Exporter: the TorchScript tracer (torch.onnx.export(dynamo=False)). Our decoder has no data-dependent control
+flow, so tracing captures it exactly; it exports SmolLM2 in seconds (the torch.export path takes minutes on
+this CPU and specialises size-0/1 axes such as the empty past of a prefill), and its bytes are reproducible.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import onnx
+import torch
+from tqdm.auto import tqdm
+
+from graphs import contract as C
+from graphs.checks import check_contract, check_model
+from graphs.metadata import METADATA_FILE, MODEL_FILE, TOKENIZER_FILE, ExportMetadata
+from graphs.passes import clamp_ir_version, set_metadata_props, strip_doc_strings
+
+OPSET = 17
+TWO_GB = 2 * 1024 ** 3
+
+
+def layout_of(decoder, dtype: str = "float32") -> C.CacheLayout:
+    """The cache layout the decoder produces: the metadata's single description of the cache."""
+    keys, values = [], []
+    for b in decoder.blocks:
+        a = b.attn
+        keys.append(C.CacheShape(1, a.key_rank) if a.key_rank else C.CacheShape(a.G, a.d))
+        values.append(C.CacheShape(1, a.value_rank) if a.value_rank else C.CacheShape(a.G, a.d))
+    return C.CacheLayout(tuple(keys), tuple(values), dtype)
+
+
+def _example_inputs(decoder, layout: C.CacheLayout, batch=2, new=3, past=2):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, decoder.cfg.vocab_size, (batch, new), generator=g)
+    mask = torch.ones(batch, past + new, dtype=torch.int64)
+    pos = torch.arange(past, past + new)[None].expand(batch, new).contiguous()
+    caches = [torch.randn(batch, layout.shape(i, kind).kv_heads, past, layout.shape(i, kind).head_size,
+                          generator=g) for i, kind, _, _ in layout.names()]
+    return (ids, mask, pos, *caches)
+
+
+def _io_names(layout: C.CacheLayout):
+    inputs = [C.INPUT_IDS, C.ATTENTION_MASK, C.POSITION_IDS] + [p for _, _, p, _ in layout.names()]
+    outputs = [C.LOGITS] + [q for _, _, _, q in layout.names()]
+    axes = {C.INPUT_IDS: {0: "batch", 1: "sequence"}, C.ATTENTION_MASK: {0: "batch", 1: "total_sequence"},
+            C.POSITION_IDS: {0: "batch", 1: "sequence"}, C.LOGITS: {0: "batch", 1: "sequence"}}
+    for _, _, p, q in layout.names():
+        axes[p] = {0: "batch", 2: "past_sequence"}
+        axes[q] = {0: "batch", 2: "total_sequence"}
+    return inputs, outputs, axes
+
+
+def write_onnx(decoder, layout: C.CacheLayout, path: str, props: dict[str, str]) -> None:
+    """Trace, clean and save model.onnx (external data beside it when over 2 GB), then check it."""
+    steps = tqdm(total=4, desc="exporting", unit="step")
+    inputs, outputs, axes = _io_names(layout)
+    with torch.no_grad():
+        torch.onnx.export(decoder, _example_inputs(decoder, layout), path, dynamo=False, opset_version=OPSET,
+                          input_names=inputs, output_names=outputs, dynamic_axes=axes, do_constant_folding=True)
+    steps.update()
+    model = onnx.load(path)
+    strip_doc_strings(model)
+    clamp_ir_version(model)
+    set_metadata_props(model, props)
+    steps.update()
+    big = model.ByteSize() > TWO_GB
+    for f in os.listdir(os.path.dirname(path)):      # the tracer may have written external tensors already
+        if f != os.path.basename(path) and not f.endswith(".json"):
+            os.remove(os.path.join(os.path.dirname(path), f))
+    onnx.save_model(model, path, save_as_external_data=big, all_tensors_to_one_file=True,
+                    location=os.path.basename(path) + ".data")
+    steps.update()
+    check_model(path)
+    check_contract(onnx.load(path, load_external_data=False), layout)
+    steps.update()
+    steps.close()
+
+
+def save_export(decoder, meta: ExportMetadata, tokenizer, out_dir: str, projectors=None) -> str:
+    """Write model.onnx, export.json, tokenizer.json (and the projectors) to a temporary directory, then rename
+    it to out_dir, so an interrupted export leaves nothing half-written. Returns out_dir."""
+    out_dir = os.path.normpath(out_dir)
+    tmp = f"{out_dir}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        props = {"format": "spectral-kv", "key_mode": meta.key_mode,
+                 "kv_bytes_per_token": str(meta.kv_bytes_per_token), "model": meta.model.get("source", "")}
+        write_onnx(decoder, meta.layout, os.path.join(tmp, MODEL_FILE), props)
+        tokenizer.backend_tokenizer.save(os.path.join(tmp, TOKENIZER_FILE))
+        if projectors is not None:
+            meta.projector_sha256 = projectors.save(os.path.join(tmp, "projectors"))
+        meta.save(tmp)
+        assert os.path.isfile(os.path.join(tmp, METADATA_FILE))
+        old = f"{out_dir}.old-{os.getpid()}"
+        if os.path.exists(out_dir):
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def point_latest(out_dir: str) -> None:
+    """build/latest -> the newest export (a relative symlink, replaced atomically)."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    link = os.path.join(parent, "latest")
+    tmp = link + f".tmp-{os.getpid()}"
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    os.symlink(os.path.basename(os.path.normpath(out_dir)), tmp)
+    os.replace(tmp, link)

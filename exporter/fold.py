@@ -1,0 +1,130 @@
+"""Build the compact decoder from HF weights, folding projectors into the attention weights.
+
+All folding is done in float64 and cast once, so K=full is bit-faithful and small K adds no rounding of its own.
+"""
+from __future__ import annotations
+
+import torch
+
+from .attention import Attention
+from .config import DecoderConfig, from_hf
+from .decoder import Decoder, Rope
+from .projectors import Projectors
+
+
+def _hf_layers(hf):
+    return hf.transformer.h if hf.config.model_type == "gpt2" else hf.model.layers
+
+
+def attention_weights(hf, cfg: DecoderConfig, i: int) -> dict[str, torch.Tensor]:
+    """q/k/v/o weights [out, in] and biases (or None) of layer i, in float64, whatever the family."""
+    layer = _hf_layers(hf)[i]
+    f64 = lambda t: None if t is None else t.detach().double()
+    if cfg.family == "gpt2":
+        D = cfg.hidden_size
+        W, b = f64(layer.attn.c_attn.weight), f64(layer.attn.c_attn.bias)   # Conv1D: x @ W + b, W (D, 3D)
+        return {"q": W[:, :D].T, "k": W[:, D:2 * D].T, "v": W[:, 2 * D:].T, "o": f64(layer.attn.c_proj.weight).T,
+                "q_b": b[:D], "k_b": b[D:2 * D], "v_b": b[2 * D:], "o_b": f64(layer.attn.c_proj.bias)}
+    a = layer.self_attn
+    bias = lambda m: f64(m.bias) if m.bias is not None else None
+    return {"q": f64(a.q_proj.weight), "k": f64(a.k_proj.weight), "v": f64(a.v_proj.weight),
+            "o": f64(a.o_proj.weight), "q_b": bias(a.q_proj), "k_b": bias(a.k_proj), "v_b": bias(a.v_proj),
+            "o_b": bias(a.o_proj)}
+
+
+def _set(linear, weight, bias=None):
+    with torch.no_grad():
+        linear.weight.copy_(weight.float())
+        if linear.bias is not None:
+            linear.bias.copy_((bias if bias is not None else torch.zeros(weight.shape[0], dtype=weight.dtype)).float())
+
+
+def build_attention(hf, cfg: DecoderConfig, i: int, proj: Projectors | None) -> Attention:
+    w = attention_weights(hf, cfg, i)
+    key = proj.key(i) if proj else None        # (basis (G*d, r), mean (G*d)) in float64, or None
+    value = proj.value(i) if proj else None
+    mode = proj.key_mode if proj else "full"
+    attn = Attention(cfg, mode, key[0].shape[1] if key else None, value[0].shape[1] if value else None)
+    _set(attn.q_proj, w["q"], w["q_b"])
+    k_b = w["k_b"] if w["k_b"] is not None else torch.zeros(cfg.kv_dim, dtype=torch.float64)
+    if key is None:
+        _set(attn.k_proj, w["k"], w["k_b"])
+    elif attn.key_mode == "pre-rope":
+        basis, mean = key
+        _set(attn.k_proj, basis.T @ w["k"], basis.T @ (k_b - mean))     # x -> c directly
+        _set(attn.key_decode, basis, mean)                              # c -> k
+    else:  # post-rope: project rotated keys; queries meet them in k-space
+        basis, mean = key
+        _set(attn.k_proj, w["k"], w["k_b"])
+        _set(attn.key_encode, basis.T, -(basis.T @ mean))
+        per_head = basis.view(cfg.num_kv_heads, cfg.head_dim, -1)        # (G, d, r)
+        group = torch.arange(cfg.num_heads) // (cfg.num_heads // cfg.num_kv_heads)
+        with torch.no_grad():
+            attn.query_basis.copy_(per_head[group].float())              # (H, d, r)
+    o_b = w["o_b"] if w["o_b"] is not None else torch.zeros(cfg.hidden_size, dtype=torch.float64)
+    if value is None:
+        _set(attn.v_proj, w["v"], w["v_b"])
+        _set(attn.o_proj, w["o"], w["o_b"])
+    else:
+        basis, mean = value
+        v_b = w["v_b"] if w["v_b"] is not None else torch.zeros(cfg.kv_dim, dtype=torch.float64)
+        _set(attn.v_proj, basis.T @ w["v"], basis.T @ (v_b - mean))
+        H, G, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        group = torch.arange(H) // (H // G)
+        per_head = basis.view(G, d, -1)[group]                           # (H, d, r)
+        W_o = w["o"].view(cfg.hidden_size, H, d)                         # (D, H, d)
+        absorbed = torch.einsum("Dhd,hdr->Dhr", W_o, per_head).reshape(cfg.hidden_size, -1)   # (D, H*r)
+        mean_per_head = mean.view(G, d)[group].reshape(-1)               # (H*d,)
+        _set(attn.o_proj, absorbed, o_b + w["o"] @ mean_per_head)
+    return attn
+
+
+def _copy_norm(dst, src):
+    with torch.no_grad():
+        dst.weight.copy_(src.weight)
+        if getattr(dst, "bias", None) is not None:
+            dst.bias.copy_(src.bias)
+
+
+def _rope(hf) -> Rope | None:
+    if hf.config.model_type == "gpt2":
+        return None
+    rot = hf.model.rotary_emb
+    return Rope(rot.inv_freq, getattr(rot, "attention_scaling", 1.0))
+
+
+def build_decoder(hf, proj: Projectors | None = None) -> Decoder:
+    """The compact decoder with HF's weights; with projectors, a compressed cache as they say."""
+    cfg = from_hf(hf.config)
+    if proj is not None:
+        proj.check_compatible(cfg)
+    attns = [build_attention(hf, cfg, i, proj) for i in range(cfg.num_layers)]
+    if cfg.family == "gpt2":
+        mlp_hidden = hf.transformer.h[0].mlp.c_fc.weight.shape[1]
+    else:
+        mlp_hidden = hf.model.layers[0].mlp.gate_proj.weight.shape[0]
+    dec = Decoder(cfg, attns, mlp_hidden, _rope(hf))
+    with torch.no_grad():
+        if cfg.family == "gpt2":
+            t = hf.transformer
+            dec.embed.weight.copy_(t.wte.weight)
+            dec.pos_embed.weight.copy_(t.wpe.weight)
+            for blk, layer in zip(dec.blocks, t.h):
+                _copy_norm(blk.norm1, layer.ln_1)
+                _copy_norm(blk.norm2, layer.ln_2)
+                _set(blk.mlp.fc, layer.mlp.c_fc.weight.T, layer.mlp.c_fc.bias)
+                _set(blk.mlp.proj, layer.mlp.c_proj.weight.T, layer.mlp.c_proj.bias)
+            _copy_norm(dec.norm, t.ln_f)
+        else:
+            m = hf.model
+            dec.embed.weight.copy_(m.embed_tokens.weight)
+            for blk, layer in zip(dec.blocks, m.layers):
+                _copy_norm(blk.norm1, layer.input_layernorm)
+                _copy_norm(blk.norm2, layer.post_attention_layernorm)
+                for name in ("gate_proj", "up_proj", "down_proj"):
+                    getattr(blk.mlp, name).weight.copy_(getattr(layer.mlp, name).weight)
+            _copy_norm(dec.norm, m.norm)
+        dec.lm_head.weight.copy_(hf.get_output_embeddings().weight)
+    if cfg.tie_embeddings:
+        dec.lm_head.weight = dec.embed.weight   # one tensor, so the ONNX graph stores it once
+    return dec.eval()

@@ -1,0 +1,137 @@
+"""The export job end to end: load -> calibrate and fit projectors -> fold -> export -> metadata."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from graphs.metadata import ExportMetadata
+from .config import from_hf
+from .errors import UserError
+from .export import layout_of, point_latest, save_export, OPSET
+from .fit import fit_pca, parse_rank, per_layer
+from .fold import build_decoder
+from .load import load
+from .projectors import load_projectors, model_fingerprint
+from .text import DEFAULT_CALIB
+
+DEFAULT_KEY_MODE = "pre-rope"
+
+
+@dataclass
+class ExportOptions:
+    model: str | None = None
+    k: str = "128"
+    k_key: str | None = None
+    k_value: str | None = None
+    key_mode: str = DEFAULT_KEY_MODE
+    calib: str = str(DEFAULT_CALIB)
+    calib_tokens: int = 16384
+    window: int = 1024
+    seed: int = 0
+    out: str | None = None
+    build_dir: str = "build"
+    projectors: str | None = None
+    sink: str = "auto"
+    trust_remote_code: bool = False
+
+
+def sink_token_id(tokenizer, choice: str) -> int | None:
+    """The constant token at position 0 of every sequence. 'auto': the tokenizer's BOS, else its EOS
+    (GPT-2's <|endoftext|>); 'none': no sink prefix; else a token string or id."""
+    if choice == "none":
+        return None
+    if choice == "auto":
+        tid = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        if tid is None:
+            raise UserError("the tokenizer has no BOS or EOS token: pass --sink TOKEN or --sink none")
+        return int(tid)
+    if choice.isdigit():
+        return int(choice)
+    tid = tokenizer.convert_tokens_to_ids(choice)
+    if tid is None or tid == tokenizer.unk_token_id and choice != tokenizer.unk_token:
+        raise UserError(f"sink token {choice!r} is not in the vocabulary: pass a token of this tokenizer")
+    return int(tid)
+
+
+def chat_wrapper(tokenizer) -> dict | None:
+    """The chat template rendered around one user message, as a prefix and a suffix string, so the runtime
+    can apply it without jinja or transformers."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    mark = "\x00MESSAGE\x00"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": mark}], tokenize=False,
+                                         add_generation_prompt=True)
+    prefix, _, suffix = text.partition(mark)
+    return {"prefix": prefix, "suffix": suffix}
+
+
+def stop_tokens(tokenizer, hf_config) -> list[int]:
+    ids = set()
+    for src in (getattr(hf_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(src, int):
+            ids.add(src)
+        elif isinstance(src, (list, tuple)):
+            ids.update(int(i) for i in src)
+    return sorted(ids)
+
+
+def default_out(o: ExportOptions, name: str, key_rank, value_rank) -> str:
+    if o.out:
+        return o.out
+    if key_rank is None and value_rank is None:
+        tag = "kfull"
+    elif key_rank == value_rank:
+        tag = f"k{key_rank}-{o.key_mode}"
+    else:
+        tag = f"k{key_rank or 'full'}v{value_rank or 'full'}-{o.key_mode}"
+    return os.path.join(o.build_dir, f"{name}-{tag}")
+
+
+def run_export(o: ExportOptions) -> str:
+    """Do the whole export; returns the export directory."""
+    if o.key_mode not in ("pre-rope", "post-rope"):
+        raise UserError(f"KEY_MODE={o.key_mode!r} is unknown: use pre-rope or post-rope")
+    torch.manual_seed(o.seed)
+    t0 = time.time()
+    loaded = load(o.model, trust_remote_code=o.trust_remote_code)
+    hf, tok = loaded.model, loaded.tokenizer
+    cfg = from_hf(hf.config)
+    key_mode = o.key_mode if cfg.has_rope else "post-rope"   # without RoPE both modes are k-space scores
+    key_rank = parse_rank(o.k_key if o.k_key is not None else o.k, cfg.kv_dim, "K_KEY" if o.k_key else "K")
+    value_rank = parse_rank(o.k_value if o.k_value is not None else o.k, cfg.kv_dim,
+                            "K_VALUE" if o.k_value else "K")
+    sink = sink_token_id(tok, o.sink)
+    fingerprint = model_fingerprint(hf)
+    info = {"model": loaded.source, "model_fingerprint": fingerprint, "seed": o.seed}
+    full_decoder = build_decoder(hf)
+    if o.projectors:
+        proj = load_projectors(o.projectors, fingerprint)
+    elif key_rank is None and value_rank is None:
+        proj = None
+    else:
+        proj = fit_pca(full_decoder, tok, cfg, per_layer(key_rank, cfg.num_layers),
+                       per_layer(value_rank, cfg.num_layers), key_mode, o.calib, o.calib_tokens, o.window,
+                       sink, info)
+    decoder = build_decoder(hf, proj) if proj is not None else full_decoder
+    ranks = proj.ranks() if proj else {"key": [None] * cfg.num_layers, "value": [None] * cfg.num_layers}
+    mode = proj.key_mode if proj else "full"
+    meta = ExportMetadata(
+        model={"source": loaded.source, "name": loaded.name, "fingerprint": fingerprint, **cfg.to_json()},
+        layout=layout_of(decoder), key_mode=mode, ranks=ranks,
+        sink={"token_id": sink, "token": tok.convert_ids_to_tokens(sink) if sink is not None else None,
+              "handling": "constant prefix at position 0; its key and value directions are in every basis"
+              if proj else "constant prefix at position 0"},
+        eos_token_ids=stop_tokens(tok, hf.config),
+        pad_token_id=int(tok.pad_token_id if tok.pad_token_id is not None else (stop_tokens(tok, hf.config) or [0])[0]),
+        opset=OPSET, calibration=proj.info.get("calibration") if proj else None, chat=chat_wrapper(tok),
+        exporter=f"torch {torch.__version__} torch.onnx.export(dynamo=False)",
+        extra={"seed": o.seed, "projector_method": proj.info.get("method") if proj else None})
+    out = default_out(o, loaded.name, key_rank, value_rank)
+    save_export(decoder, meta, tok, out, proj)
+    point_latest(out)
+    print(f"wrote {out} ({meta.kv_bytes_per_token} KV bytes/token, "
+          f"uncompressed {2 * cfg.num_layers * cfg.kv_dim * 4}) in {time.time() - t0:.0f} s")
+    return out

@@ -1,0 +1,142 @@
+"""Per-layer projectors: an orthonormal basis (dim, r) and a mean (dim,) for keys and for values.
+
+Files: <name>.safetensors (tensors layers.{i}.key.basis / .key.mean / .value.basis / .value.mean) and
+<name>.json (format, model fingerprint, key mode, ranks, sink, calibration). Never pickle. Loading refuses a
+file made for another model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import UserError
+
+FORMAT = "spectral-kv-projectors/1"
+
+
+@dataclass
+class Projectors:
+    key_mode: str                                   # 'pre-rope' | 'post-rope' (which keys the key bases code)
+    keys: list                                      # per layer (basis (dim, r) f64, mean (dim,) f64) or None
+    values: list
+    info: dict = field(default_factory=dict)        # fingerprint, model, calibration, method, sink
+
+    def key(self, i: int):
+        return self.keys[i]
+
+    def value(self, i: int):
+        return self.values[i]
+
+    def ranks(self) -> dict[str, list]:
+        r = lambda p: None if p is None else int(p[0].shape[1])
+        return {"key": [r(p) for p in self.keys], "value": [r(p) for p in self.values]}
+
+    def check_compatible(self, cfg) -> None:
+        if len(self.keys) != cfg.num_layers or len(self.values) != cfg.num_layers:
+            raise UserError(f"projectors have {len(self.keys)} layers, the model {cfg.num_layers}: "
+                            "they were made for another model; fit new ones with `make export`")
+        for p in self.keys + self.values:
+            if p is not None and p[0].shape[0] != cfg.kv_dim:
+                raise UserError(f"projector width {p[0].shape[0]} != model KV width {cfg.kv_dim}: "
+                                "they were made for another model; fit new ones with `make export`")
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for kind, items in (("key", self.keys), ("value", self.values)):
+            for i, p in enumerate(items):
+                if p is not None:
+                    out[f"layers.{i}.{kind}.basis"] = p[0].contiguous()
+                    out[f"layers.{i}.{kind}.mean"] = p[1].contiguous()
+        return out
+
+    def save(self, path_stem: str) -> str:
+        """Write <stem>.safetensors and <stem>.json; returns the sha256 of the tensors file."""
+        from safetensors.torch import save_file
+        st = path_stem + ".safetensors"
+        save_file(self.tensors(), st + ".tmp", metadata={"format": FORMAT})
+        os.replace(st + ".tmp", st)
+        digest = sha256_file(st)
+        meta = {"format": FORMAT, "key_mode": self.key_mode, "ranks": self.ranks(), "tensors_sha256": digest,
+                **self.info}
+        with open(path_stem + ".json.tmp", "w") as f:
+            json.dump(meta, f, indent=1, sort_keys=True)
+        os.replace(path_stem + ".json.tmp", path_stem + ".json")
+        return digest
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_fingerprint(hf) -> str:
+    """sha256 of the architecture numbers and every layer's key/value projection weights: cheap, and different
+    for any other model or fine-tune."""
+    from .config import from_hf
+    from .fold import attention_weights
+    cfg = from_hf(hf.config)
+    h = hashlib.sha256(json.dumps(cfg.to_json(), sort_keys=True).encode())
+    for i in range(cfg.num_layers):
+        w = attention_weights(hf, cfg, i)
+        for name in ("k", "v"):
+            h.update(w[name].float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def load_projectors(path_stem: str, fingerprint: str | None = None) -> Projectors:
+    """Load <stem>.safetensors + <stem>.json; with a fingerprint, refuse files made for another model."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    stem = path_stem[:-len(".safetensors")] if path_stem.endswith(".safetensors") else \
+        path_stem[:-len(".json")] if path_stem.endswith(".json") else path_stem
+    st, js = stem + ".safetensors", stem + ".json"
+    for p in (st, js):
+        if not os.path.isfile(p):
+            raise UserError(f"missing projector file {p}: pass the stem of a .safetensors/.json pair")
+    try:
+        with open(js) as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{js} is corrupt ({e}): fit the projectors again") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{js} is not a projector file of format {FORMAT}")
+    if sha256_file(st) != meta.get("tensors_sha256"):
+        raise UserError(f"{st} does not match its checksum in {js}: the file is corrupt, fit the projectors again")
+    if fingerprint is not None and meta.get("model_fingerprint") != fingerprint:
+        raise UserError(f"{st} was made for another model ({meta.get('model', '?')}): "
+                        "fit projectors for this model with `make export`")
+    try:
+        t = load_file(st)
+    except SafetensorError as e:
+        raise UserError(f"{st} is corrupt ({e}): fit the projectors again") from None
+    n = len(meta["ranks"]["key"])
+    get = lambda i, kind: (t[f"layers.{i}.{kind}.basis"], t[f"layers.{i}.{kind}.mean"]) \
+        if f"layers.{i}.{kind}.basis" in t else None
+    info = {k: v for k, v in meta.items() if k not in ("format", "key_mode", "ranks", "tensors_sha256")}
+    return Projectors(meta["key_mode"], [get(i, "key") for i in range(n)], [get(i, "value") for i in range(n)], info)
+
+
+def principal_basis(cov: torch.Tensor, rank: int, sink: torch.Tensor | None = None) -> torch.Tensor:
+    """Top eigenvectors of a covariance (dim, dim) as columns (dim, rank), signs fixed for determinism.
+
+    With a sink vector (already centered), the last column is the part of the sink the top rank-1 directions
+    miss, so the sink is coded exactly (its directions added to the basis, the rank unchanged)."""
+    evals, evecs = torch.linalg.eigh(cov)                        # ascending
+    order = torch.argsort(evals, descending=True, stable=True)
+    evecs = evecs[:, order]
+    signs = torch.sign(evecs.gather(0, evecs.abs().argmax(0, keepdim=True)))
+    evecs = evecs * signs                                        # largest entry of each column positive
+    if sink is None or rank >= cov.shape[0]:
+        return evecs[:, :rank].contiguous()
+    basis = evecs[:, :rank - 1]
+    residual = sink - basis @ (basis.T @ sink)
+    if residual.norm() <= 1e-9 * max(sink.norm().item(), 1e-30):
+        return evecs[:, :rank].contiguous()                      # already inside the span
+    return torch.cat([basis, (residual / residual.norm())[:, None]], dim=1).contiguous()

@@ -1,0 +1,90 @@
+"""The I/O contract of an exported decoder, written once and read by exporter, runtime and validator.
+
+Inputs:  input_ids [batch, seq] int64, attention_mask [batch, past+seq] int64, position_ids [batch, seq] int64,
+         past_key_values.{i}.key / .value  [batch, kv_heads_i, past, head_size_i]
+Outputs: logits [batch, seq, vocab], present.{i}.key / .value [batch, kv_heads_i, past+seq, head_size_i]
+
+An uncompressed tensor has kv_heads = the model's KV heads and head_size = head_dim (the usual GQA layout);
+a compressed one has kv_heads = 1 and head_size = k, its latent rank (one latent shared by all KV heads).
+The names are those optimum and onnxruntime-genai use, so other runtimes can drive the graph.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, asdict
+
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+POSITION_IDS = "position_ids"
+LOGITS = "logits"
+
+DTYPE_BYTES = {"float32": 4, "float16": 2}
+
+
+def past_name(layer: int, kind: str) -> str:
+    """Name of the cache input of one layer; kind is 'key' or 'value'."""
+    return f"past_key_values.{layer}.{kind}"
+
+
+def present_name(layer: int, kind: str) -> str:
+    return f"present.{layer}.{kind}"
+
+
+@dataclass(frozen=True)
+class CacheShape:
+    """The static part of one cache tensor: [batch, kv_heads, seq, head_size]."""
+    kv_heads: int
+    head_size: int
+
+    @property
+    def width(self) -> int:
+        """Numbers stored per token."""
+        return self.kv_heads * self.head_size
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """Cache shapes of every layer, keys and values; the single description of what the graph stores."""
+    keys: tuple[CacheShape, ...]
+    values: tuple[CacheShape, ...]
+    dtype: str = "float32"
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.keys)
+
+    def shape(self, layer: int, kind: str) -> CacheShape:
+        return (self.keys if kind == "key" else self.values)[layer]
+
+    def names(self):
+        """(layer, kind, past name, present name) for every cache tensor, in graph order."""
+        for i in range(self.num_layers):
+            for kind in ("key", "value"):
+                yield i, kind, past_name(i, kind), present_name(i, kind)
+
+    def to_json(self) -> dict:
+        return {"dtype": self.dtype,
+                "keys": [asdict(s) for s in self.keys],
+                "values": [asdict(s) for s in self.values]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "CacheLayout":
+        return cls(tuple(CacheShape(**s) for s in d["keys"]),
+                   tuple(CacheShape(**s) for s in d["values"]), d.get("dtype", "float32"))
+
+    @classmethod
+    def uniform(cls, num_layers: int, key: CacheShape, value: CacheShape, dtype: str = "float32"):
+        return cls((key,) * num_layers, (value,) * num_layers, dtype)
+
+
+def kv_bytes_per_token(layout: CacheLayout, extra_bytes_per_token: int = 0) -> int:
+    """Bytes the cache grows by per token, all layers, keys and values: the one source of every KV-size figure.
+
+    extra_bytes_per_token is for codecs that store side information (scales) per token.
+    """
+    per_token = sum(s.width for s in layout.keys) + sum(s.width for s in layout.values)
+    return per_token * DTYPE_BYTES[layout.dtype] + extra_bytes_per_token
+
+
+def kv_bytes(layout: CacheLayout, tokens: int, batch: int = 1) -> int:
+    """Bytes of the whole cache for a batch of sequences of `tokens` tokens."""
+    return kv_bytes_per_token(layout) * tokens * batch

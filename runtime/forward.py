@@ -1,0 +1,74 @@
+"""One forward pass of the exported decoder through IO binding: new tokens in, last-position logits out.
+
+Token inputs are small int64 arrays, copied to the device each step; the cache OrtValues are bound
+as they are and the present outputs are allocated by onnxruntime on the device, then handed to the
+cache. Only the logits come back to numpy.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from graphs.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, CacheLayout
+from graphs.metadata import ExportError
+
+from .cache import KVCache
+from .session import Device
+
+
+def position_ids(attention_mask: np.ndarray, new_tokens: int) -> np.ndarray:
+    """Positions of the last `new_tokens` columns: clip(cumsum(mask) - 1, 0), the HF convention.
+
+    (B, past+T) int64 -> (B, T) int64. Left padding gets position 0; real tokens count from 0.
+    """
+    positions = np.cumsum(attention_mask, axis=-1) - 1                  # (B, past+T)
+    return np.maximum(positions[:, -new_tokens:], 0)                      # (B, T)
+
+
+class DecoderStep:
+    """Runs the session on (input_ids, attention_mask, position_ids) + a KVCache, with IO binding."""
+
+    def __init__(self, session: ort.InferenceSession, device: Device):
+        self.session = session
+        self.device = device
+        self.binding = session.io_binding()
+
+    def _to_device(self, array: np.ndarray) -> ort.OrtValue:
+        """A contiguous int64 array as an OrtValue on the session's device (a copy on CUDA, a view on CPU)."""
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array, dtype=np.int64),
+                                                self.device.type, self.device.id)
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Feed the new tokens (B, T) with the mask over past+new (B, past+T); advance `cache`.
+
+        Returns the logits of the last new position, (B, V), float32.
+        """
+        if attention_mask.shape[1] != cache.length + input_ids.shape[1]:
+            raise ValueError(f"attention_mask covers {attention_mask.shape[1]} tokens, "
+                             f"cache {cache.length} + new {input_ids.shape[1]}")
+        b = self.binding
+        b.clear_binding_inputs()
+        b.clear_binding_outputs()
+        b.bind_ortvalue_input(INPUT_IDS, self._to_device(input_ids))                       # (B, T)
+        b.bind_ortvalue_input(ATTENTION_MASK, self._to_device(attention_mask))             # (B, past+T)
+        b.bind_ortvalue_input(POSITION_IDS, self._to_device(position_ids(attention_mask, input_ids.shape[1])))
+        cache.bind_inputs(b)
+        b.bind_output(LOGITS, "cpu")  # onnxruntime copies logits to host itself when the graph runs on CUDA
+        names = [LOGITS] + cache.bind_outputs(b)
+        self.session.run_with_iobinding(b)
+        outputs = dict(zip(names, b.get_outputs()))  # get_outputs follows the binding order
+        cache.advance(outputs)
+        logits = outputs[LOGITS].numpy()                                                  # (B, T, V)
+        return logits[:, -1, :].astype(np.float32, copy=False)                            # (B, V)
+
+
+def check_io(session: ort.InferenceSession, layout: CacheLayout) -> None:
+    """The session's inputs and outputs are those the contract and export.json's layout name."""
+    inputs = {i.name for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    want_in = {INPUT_IDS, ATTENTION_MASK, POSITION_IDS} | {past for _, _, past, _ in layout.names()}
+    want_out = {LOGITS} | {present for _, _, _, present in layout.names()}
+    missing = sorted(want_in - inputs) + sorted(want_out - outputs)
+    if missing:
+        raise ExportError(f"model.onnx lacks {', '.join(missing)} that export.json promises: "
+                          "model and metadata disagree, run `make export` again")

@@ -1,0 +1,149 @@
+"""Generator: text generation on an export directory (model.onnx, export.json, tokenizer.json).
+
+One generate() call is a prefill of the left-padded batch followed by one-token decode steps. The
+KV cache stays on the device between steps (see cache.py, forward.py); only the last position's
+logits come back to numpy, where the next tokens are sampled. A sequence that samples a stop token
+is finished: from then on it is fed the pad token with attention_mask 0, so it changes nothing,
+while the others go on; the call ends when all are finished or max_new_tokens are reached.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from graphs.metadata import MODEL_FILE, TOKENIZER_FILE, ExportError, load_metadata
+
+from .cache import KVCache
+from .detokenize import IncrementalDetokenizer
+from .forward import DecoderStep, check_io
+from .prompts import encode_prompts, left_pad
+from .result import GenerationResult, Timings
+from .sampling import sample
+from .session import open_session
+
+DEFAULT_EXPORT = os.path.join("build", "latest")
+
+OnToken = Callable[[int, int, str], None]  # (batch index, token id, text piece)
+Prompts = list[str] | list[list[int]]
+
+
+def load_tokenizer(export_dir: str) -> Tokenizer:
+    """The export's tokenizer.json, with a one-line error naming the fix when it is missing."""
+    path = os.path.join(export_dir, TOKENIZER_FILE)
+    if not os.path.isfile(path):
+        raise ExportError(f"{export_dir} has no {TOKENIZER_FILE}: it is not a complete export, "
+                          "run `make export` again")
+    return Tokenizer.from_file(path)
+
+
+class _Progress:
+    """Per-sequence state of one generate() call: new tokens, finished flags, streamed text."""
+
+    def __init__(self, tokenizer: Tokenizer, prompts: list[list[int]], stop_ids: set[int],
+                 on_token: OnToken | None):
+        self.tokens: list[list[int]] = [[] for _ in prompts]
+        self.finished = np.zeros(len(prompts), dtype=bool)                 # (B,)
+        self.stopped = [False] * len(prompts)
+        self.detokenizers = [IncrementalDetokenizer(tokenizer, p) for p in prompts]
+        self.stop_ids = stop_ids
+        self.on_token = on_token
+        self.sampled = 0  # tokens sampled per sequence so far (stop tokens included)
+
+    def accept(self, next_ids: np.ndarray) -> int:
+        """Record the sampled tokens (B,) of the unfinished sequences; returns how many were kept."""
+        self.sampled += 1
+        kept = 0
+        for i, token in enumerate(next_ids.tolist()):
+            if self.finished[i]:
+                continue
+            if token in self.stop_ids:
+                self.finished[i] = self.stopped[i] = True
+                continue
+            self.tokens[i].append(token)
+            piece = self.detokenizers[i].add(token)
+            if self.on_token is not None:
+                self.on_token(i, token, piece)
+            kept += 1
+        return kept
+
+    def done(self, max_new_tokens: int) -> bool:
+        return bool(self.finished.all()) or self.sampled >= max_new_tokens
+
+    def next_inputs(self, next_ids: np.ndarray, pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next step's input_ids (B, 1) and new mask column (B, 1): finished rows get pad, masked out."""
+        live = ~self.finished                                               # (B,)
+        return np.where(live, next_ids, pad_token_id)[:, None], live.astype(np.int64)[:, None]
+
+    def finish_reasons(self) -> list[str]:
+        return ["stop" if s else "length" for s in self.stopped]
+
+
+class Generator:
+    """Loads an export once and generates from it.
+
+    provider: 'cpu', 'cuda', or None for CUDA when onnxruntime-gpu and a GPU are usable, else CPU.
+    optimization: onnxruntime graph optimisation level ('disable', 'basic', 'extended', 'all').
+    intra_op_threads: onnxruntime intra-op threads (0: its default).
+    """
+
+    def __init__(self, export_dir: str = DEFAULT_EXPORT, provider: str | None = None,
+                 optimization: str = "all", intra_op_threads: int = 0, device_id: int = 0):
+        self.export_dir = export_dir
+        self.metadata = load_metadata(export_dir)
+        self.tokenizer = load_tokenizer(export_dir)
+        self.session, self.device = open_session(os.path.join(export_dir, MODEL_FILE), provider,
+                                                 optimization, intra_op_threads, device_id)
+        check_io(self.session, self.metadata.layout)
+        self.step = DecoderStep(self.session, self.device)
+
+    def encode(self, prompts: Prompts, chat: bool = False) -> list[list[int]]:
+        """Token ids the model will see for each prompt, sink first (see prompts.encode_prompts)."""
+        return encode_prompts(prompts, self.tokenizer, self.metadata, chat)
+
+    def stop_ids(self, stop_token_ids: list[int] | None) -> set[int]:
+        """The stop set: the export's eos tokens by default; an explicit list replaces it ([] never stops)."""
+        return set(self.metadata.eos_token_ids if stop_token_ids is None else stop_token_ids)
+
+    def generate(self, prompts: Prompts, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float = 1.0, seed: int = 0, stop_token_ids: list[int] | None = None,
+                 chat: bool = False, on_token: OnToken | None = None) -> GenerationResult:
+        """Continue every prompt (a list of strings, or of token-id lists) by up to max_new_tokens.
+
+        temperature 0 is greedy; otherwise tokens are sampled with top_k / top_p from a numpy
+        Generator seeded with `seed` (one per call, so a call is reproducible). on_token(i, id, piece)
+        is called for every kept token of prompt i, with the text that token completes.
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        sequences = self.encode(prompts, chat)
+        input_ids, attention_mask = left_pad(sequences, self.metadata.pad_token_id)   # (B, L), (B, L)
+        progress = _Progress(self.tokenizer, sequences, self.stop_ids(stop_token_ids), on_token)
+        rng = np.random.default_rng(seed)
+        cache = KVCache.empty(self.metadata.layout, len(sequences), self.device)
+
+        start = time.perf_counter()
+        logits = self.step(input_ids, attention_mask, cache)                           # (B, V)
+        next_ids = sample(logits, rng, temperature, top_k, top_p)                      # (B,)
+        progress.accept(next_ids)
+        prefill_s = time.perf_counter() - start
+
+        start, steps, decoded = time.perf_counter(), 0, 0
+        while not progress.done(max_new_tokens):
+            new_ids, new_mask = progress.next_inputs(next_ids, self.metadata.pad_token_id)  # (B, 1), (B, 1)
+            attention_mask = np.concatenate([attention_mask, new_mask], axis=1)        # (B, past+1)
+            logits = self.step(new_ids, attention_mask, cache)                         # (B, V)
+            next_ids = sample(logits, rng, temperature, top_k, top_p)                  # (B,)
+            decoded += progress.accept(next_ids)
+            steps += 1
+        decode_s = time.perf_counter() - start
+
+        return GenerationResult(
+            prompt_tokens=sequences, tokens=progress.tokens,
+            texts=[d.text for d in progress.detokenizers], finish_reasons=progress.finish_reasons(),
+            timings=Timings(prefill_s, decode_s, steps, decoded))

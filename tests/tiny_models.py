@@ -1,0 +1,72 @@
+"""Tiny randomly initialised models of each supported architecture, saved as local HF directories.
+
+No hub: configs are written here, weights drawn from a fixed seed, and a small byte-level BPE tokenizer is
+trained on a bit of text so the export path runs exactly as for a real model.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+VOCAB = 300
+TEXT = ("The quick brown fox jumps over the lazy dog. " * 8 +
+        "Pack my box with five dozen liquor jugs. How vexingly quick daft zebras jump! " * 8)
+
+
+def _tokenizer(path: str):
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([TEXT], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="</s>")
+    fast.chat_template = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+                          "{% if add_generation_prompt %}<s>assistant: {% endif %}")
+    fast.save_pretrained(path)
+    return fast
+
+
+def config(arch: str):
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+                  rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False)
+    if arch == "llama":
+        return LlamaConfig(**common, rope_theta=10000.0)
+    if arch == "qwen2":
+        return Qwen2Config(**common, rope_theta=10000.0, use_sliding_window=False)
+    if arch == "mistral":
+        return MistralConfig(**common, rope_theta=10000.0, sliding_window=None)
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=512, bos_token_id=2,
+                          eos_token_id=2)
+    raise ValueError(arch)
+
+
+ARCHS = ("llama", "qwen2", "mistral", "gpt2")
+
+
+def make(arch: str, path: str, seed: int = 0, **overrides) -> str:
+    """Write a tiny random `arch` model with a tokenizer to `path`; returns path."""
+    from transformers import AutoModelForCausalLM
+    os.makedirs(path, exist_ok=True)
+    cfg = config(arch)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():   # random init is small; widen it so logits differ clearly between tokens
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(3.0)
+        if arch == "qwen2":  # make the q/k/v biases matter
+            for layer in model.model.layers:
+                for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    m.bias.normal_(0, 0.5)
+    model.save_pretrained(path)
+    _tokenizer(path)
+    return path

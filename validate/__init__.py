@@ -1,0 +1,1 @@
+"""Validation: ONNX Runtime against the PyTorch reference (parity), and what compression costs (quality)."""

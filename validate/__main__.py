@@ -1,0 +1,93 @@
+"""python -m validate: parity of an export against PyTorch, and what its compression costs."""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+from exporter.errors import UserError
+from exporter.text import DEFAULT_EVAL, token_windows
+from graphs.contract import CacheLayout, CacheShape, kv_bytes_per_token
+from graphs.metadata import ExportError, load_metadata
+from .ort_model import OrtModel
+from .parity import check_parity
+from .quality import measure
+from .reference import load_references
+from .report import write_reports
+from .tolerances import GREEDY_STEPS
+
+
+def parity_prompts(tokenizer, sink: int | None, length: int, eval_file: str) -> list[list[int]]:
+    """Two prompts from the text (not the scored windows' order), the second shorter so the batch is padded."""
+    ids = tokenizer(open(eval_file, encoding="utf-8").read()[:200_000], add_special_tokens=False)["input_ids"]
+    prefix = [] if sink is None else [sink]
+    return [prefix + ids[-length:], prefix + ids[-2 * length:-length][: max(2, length * 3 // 4)]]
+
+
+def ranks_summary(ranks: list) -> str:
+    vals = sorted(set("full" if r is None else r for r in ranks), key=str)
+    return ",".join(map(str, vals))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m validate", description=__doc__)
+    p.add_argument("--export", default="build/latest", help="export directory (default build/latest)")
+    p.add_argument("--eval", default=str(DEFAULT_EVAL), help="text for perplexity (default WikiText-2 test)")
+    p.add_argument("--eval-tokens", type=int, default=32768)
+    p.add_argument("--window", type=int, default=2048)
+    p.add_argument("--prefill", type=int, default=300, help="parity prompt length in tokens")
+    p.add_argument("--decode", type=int, default=GREEDY_STEPS, help="parity greedy decode steps")
+    p.add_argument("--skip-quality", action="store_true", help="parity only")
+    p.add_argument("--max-ppl-increase", type=float, default=None,
+                   help="fail (exit 3) when the perplexity increase exceeds this many percent")
+    a = p.parse_args(argv)
+    try:
+        export = os.path.realpath(a.export)
+        meta = load_metadata(export)
+        hf, tok, reference = load_references(export, meta)
+        ort_model = OrtModel(export, meta)
+        sink = meta.sink.get("token_id")
+        prompts = parity_prompts(tok, sink, a.prefill, a.eval)
+        parity = check_parity(reference, ort_model, prompts, meta.pad_token_id, a.decode)
+        print(f"parity: prefill {parity.prefill_max_abs_diff:.3g}, decode {parity.decode_max_abs_diff:.3g}, "
+              f"relative {parity.rel_diff:.3g} (tolerance {parity.tolerance:g}), greedy identical "
+              f"{parity.greedy_identical} -> {'PASS' if parity.passed else 'FAIL'}")
+        m = meta.model
+        original = CacheLayout.uniform(m["num_layers"], CacheShape(m["num_kv_heads"], m["head_dim"]),
+                                       CacheShape(m["num_kv_heads"], m["head_dim"]))
+        report = {"export": export, "model": m["source"], "key_mode": meta.key_mode, "ranks": meta.ranks,
+                  "ranks_summary": {k: ranks_summary(v) for k, v in meta.ranks.items()},
+                  "command": "python -m validate " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:])),
+                  "parity": parity.to_json(),
+                  "kv": {"original_fp32": kv_bytes_per_token(original),
+                         "original_fp16": kv_bytes_per_token(CacheLayout(original.keys, original.values, "float16")),
+                         "export": meta.kv_bytes_per_token, "dtype": meta.layout.dtype}}
+        if not a.skip_quality:
+            window = min(a.window, meta.model["max_positions"] - (sink is not None))   # GPT-2 stops at 1024
+            windows = token_windows(tok, a.eval, window, a.eval_tokens, sink)
+            q = measure(hf, ort_model, windows, sink is not None, a.eval, window, meta.sink.get("token"))
+            report["quality"] = q.to_json()
+            print(f"perplexity: original {q.ppl_original:.3f}, compressed {q.ppl_compressed:.3f} "
+                  f"({q.ppl_increase_pct:+.2f} %), KL {q.kl_mean:.4f}, top-1 {100 * q.top1_agreement:.2f} % "
+                  f"over {q.tokens_scored} tokens")
+            if a.max_ppl_increase is not None:
+                report["budget"] = {"max_ppl_increase_pct": a.max_ppl_increase,
+                                    "passed": q.ppl_increase_pct <= a.max_ppl_increase}
+        write_reports(export, report)
+        print(f"wrote {os.path.join(export, 'report.md')}")
+    except (UserError, ExportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not parity.passed:
+        print("parity FAILED", file=sys.stderr)
+        return 1
+    if report.get("budget") and not report["budget"]["passed"]:
+        print(f"quality budget exceeded: {report['quality']['ppl_increase_pct']:+.2f} % > {a.max_ppl_increase} %",
+              file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""A plain onnxruntime forward over the export contract, numpy in and out: what validation drives.
+
+(The runtime package drives generation with IO binding; validation wants whole logits as numpy.)"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnxruntime as ort
+
+from graphs import contract as C
+from graphs.metadata import MODEL_FILE, ExportMetadata
+
+
+class OrtModel:
+    def __init__(self, export_dir: str, meta: ExportMetadata, threads: int = 0):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(os.path.join(export_dir, MODEL_FILE), opts,
+                                            providers=["CPUExecutionProvider"])
+        self.layout = meta.layout
+        self.dtype = np.float16 if meta.layout.dtype == "float16" else np.float32
+
+    def empty_past(self, batch: int) -> list[np.ndarray]:
+        return [np.zeros((batch, self.layout.shape(i, k).kv_heads, 0, self.layout.shape(i, k).head_size),
+                         self.dtype) for i, k, _, _ in self.layout.names()]
+
+    def __call__(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, past: list[np.ndarray]):
+        """ids, pos (B, T), mask (B, P+T), past as from empty_past/previous call -> logits (B, T, V), present."""
+        feed = {C.INPUT_IDS: ids.astype(np.int64), C.ATTENTION_MASK: mask.astype(np.int64),
+                C.POSITION_IDS: pos.astype(np.int64)}
+        feed.update({name: p for (_, _, name, _), p in zip(self.layout.names(), past)})
+        out = self.session.run(None, feed)
+        return out[0], out[1:]

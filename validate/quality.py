@@ -1,0 +1,66 @@
+"""What compression costs, measured: perplexity, KL(original || compressed), top-1 agreement, KV bytes.
+
+The compressed side is the ONNX export run by ONNX Runtime; the original side is the HF model in PyTorch.
+Both see the same windows (the shared/data convention: the text tokenized as one string, non-overlapping
+windows of 2048 tokens, 32,768 scored by default), each prefixed with the export's sink token, which is
+never scored: every token of a window is predicted, the first one from the sink.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, asdict
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass
+class Quality:
+    eval_file: str
+    window: int
+    tokens_scored: int
+    sink_prefix: str | None
+    ppl_original: float
+    ppl_compressed: float
+    ppl_increase_pct: float
+    kl_mean: float              # nats per token, KL(original || compressed)
+    top1_agreement: float       # fraction of positions whose argmax tokens agree
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _log_softmax(x: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(x.double(), dim=-1)
+
+
+def window_stats(orig_logits: torch.Tensor, comp_logits: torch.Tensor, targets: torch.Tensor):
+    """Both logits (N, V) predicting targets (N,): (nll orig, nll comp, KL sum, top-1 agreements), summed."""
+    lp_o, lp_c = _log_softmax(orig_logits), _log_softmax(comp_logits)
+    nll_o = -lp_o.gather(1, targets[:, None]).sum().item()
+    nll_c = -lp_c.gather(1, targets[:, None]).sum().item()
+    kl = (lp_o.exp() * (lp_o - lp_c)).sum().item()
+    agree = (lp_o.argmax(-1) == lp_c.argmax(-1)).sum().item()
+    return nll_o, nll_c, kl, agree
+
+
+def measure(hf, ort_model, windows: list[list[int]], has_sink: bool, eval_file: str, window: int,
+            sink_token: str | None) -> Quality:
+    """Score every window with both models; windows as from exporter.text.token_windows."""
+    tot = np.zeros(4)
+    n = 0
+    for ids in tqdm(windows, desc="perplexity", unit="window"):
+        x = np.array([ids], np.int64)                                     # (1, T)
+        mask = np.ones_like(x)
+        pos = np.arange(x.shape[1])[None]
+        with torch.no_grad():
+            orig = hf(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(mask),
+                      position_ids=torch.from_numpy(pos)).logits[0, :-1]  # (T-1, V)
+        comp, _ = ort_model(x, mask, pos, ort_model.empty_past(1))
+        targets = torch.from_numpy(x[0, 1:])
+        tot += window_stats(orig, torch.from_numpy(comp[0, :-1]), targets)
+        n += len(targets)
+    ppl_o, ppl_c = math.exp(tot[0] / n), math.exp(tot[1] / n)
+    return Quality(eval_file, window, n, sink_token if has_sink else None, ppl_o, ppl_c,
+                   100 * (ppl_c / ppl_o - 1), tot[2] / n, tot[3] / n)

@@ -1,0 +1,47 @@
+"""report.json and report.md in the export directory, written atomically."""
+from __future__ import annotations
+
+import json
+import os
+
+
+def _write(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def write_reports(export_dir: str, report: dict) -> None:
+    _write(os.path.join(export_dir, "report.json"), json.dumps(report, indent=1, sort_keys=True) + "\n")
+    _write(os.path.join(export_dir, "report.md"), markdown(report))
+
+
+def markdown(r: dict) -> str:
+    p, q, kv = r["parity"], r.get("quality"), r["kv"]
+    lines = [f"# Validation of `{r['export']}`", "",
+             f"Model {r['model']}, key mode {r['key_mode']}, ranks key {r['ranks_summary']['key']} / "
+             f"value {r['ranks_summary']['value']}. Command: `{r['command']}`", "",
+             "## Parity (ONNX Runtime vs PyTorch reference, fp32)", "",
+             "| prefill max abs diff | decode max abs diff | max abs ref logit | relative | tolerance | greedy tokens identical | result |",
+             "| --- | --- | --- | --- | --- | --- | --- |",
+             f"| {p['prefill_max_abs_diff']:.3g} | {p['decode_max_abs_diff']:.3g} | {p['max_abs_ref_logit']:.3g} | "
+             f"{p['rel_diff']:.3g} | {p['tolerance']:g} | {p['greedy_identical']} ({p['decode_steps']} steps, batch "
+             f"{p['batch']}, prompts {p['prompt_lengths']}) | {'PASS' if p['passed'] else 'FAIL'} |", ""]
+    if q:
+        lines += ["## Cost of compression (original HF model vs this export in ONNX Runtime)", "",
+                  f"Text `{os.path.basename(q['eval_file'])}`, windows of {q['window']} tokens, {q['tokens_scored']} "
+                  f"tokens scored, prefix {q['sink_prefix']!r} (not scored).", "",
+                  "| perplexity original | perplexity compressed | increase | KL(orig‖comp) nats/token | top-1 agreement |",
+                  "| --- | --- | --- | --- | --- |",
+                  f"| {q['ppl_original']:.3f} | {q['ppl_compressed']:.3f} | {q['ppl_increase_pct']:+.2f} % | "
+                  f"{q['kl_mean']:.4f} | {100 * q['top1_agreement']:.2f} % |", ""]
+    lines += ["## KV cache", "",
+              "| | bytes per token | ratio |", "| --- | --- | --- |",
+              f"| original, fp32 | {kv['original_fp32']} | 1.00x |",
+              f"| original, fp16 | {kv['original_fp16']} | {kv['original_fp32'] / kv['original_fp16']:.2f}x |",
+              f"| this export ({kv['dtype']}) | {kv['export']} | {kv['original_fp32'] / kv['export']:.2f}x |", ""]
+    if r.get("budget"):
+        b = r["budget"]
+        lines += [f"Quality budget: perplexity increase <= {b['max_ppl_increase_pct']} %: "
+                  f"{'within' if b['passed'] else 'EXCEEDED'}.", ""]
+    return "\n".join(lines)
