@@ -90,24 +90,42 @@ class Rope(nn.Module):
         return emb.cos() * self.scaling, emb.sin() * self.scaling
 
 
+class Embeddings(nn.Module):
+    """Token embedding in, vocabulary logits out. Tied models keep one (D, V) matrix: embedding rows are
+    gathered along axis 1 and the LM head multiplies by it as is, so the graph stores the vocabulary once
+    (an (V, D) table would need a transposed copy for the head, which constant folding writes out)."""
+
+    def __init__(self, vocab: int, dim: int, tied: bool):
+        super().__init__()
+        self.tied = tied
+        self.table_t = nn.Parameter(torch.zeros(dim, vocab))                   # (D, V), the head's layout
+        self.head_t = None if tied else nn.Parameter(torch.zeros(dim, vocab))
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        B, T = ids.shape
+        return self.table_t.index_select(1, ids.reshape(-1)).T.reshape(B, T, -1)  # (B, T, D)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ (self.table_t if self.tied else self.head_t)                   # (B, T, V)
+
+
 class Decoder(nn.Module):
     def __init__(self, cfg: DecoderConfig, attentions: list[Attention], mlp_hidden: int,
                  rope: Rope | None):
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embeddings = Embeddings(cfg.vocab_size, cfg.hidden_size, cfg.tie_embeddings)
         self.pos_embed = nn.Embedding(cfg.max_positions, cfg.hidden_size) if cfg.family == "gpt2" else None
         self.rope = rope
         self.blocks = nn.ModuleList(Block(cfg, a, mlp_hidden) for a in attentions)
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps) if cfg.family == "llama" else \
             nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.needs_all_positions = any(b.attn.key_mode == "pre-rope" for b in self.blocks)
 
     def forward(self, input_ids, attention_mask, position_ids, *past):
         """input_ids (B, T), attention_mask (B, S), position_ids (B, T), past: 2 per layer (B, kvh, P, size)."""
         T = input_ids.shape[1]
-        x = self.embed(input_ids)                                                    # (B, T, D)
+        x = self.embeddings.embed(input_ids)                                         # (B, T, D)
         if self.pos_embed is not None:
             x = x + self.pos_embed(position_ids)
         mask = causal_padding_mask(attention_mask, T, x.dtype)                       # (B, 1, T, S)
@@ -121,11 +139,8 @@ class Decoder(nn.Module):
             self._tap_hidden(block, x)
             x, k, v = block(x, rope_new, rope_all, mask, past[2 * i], past[2 * i + 1])
             presents += [k, v]
-        h = self.norm(x)
-        # 2-D linear traces to Gemm(transB=1), which reads the tied embedding as is; a 3-D one would become
-        # MatMul(Transpose(W)) and constant folding would store a second, transposed copy of the vocabulary.
-        logits = F.linear(h.reshape(-1, h.shape[-1]), self.lm_head.weight)            # (B*T, V)
-        return (logits.view(h.shape[0], T, -1), *presents)
+        logits = self.embeddings.logits(self.norm(x))                                # (B, T, V)
+        return (logits, *presents)
 
     @staticmethod
     def _tap_hidden(block, x):

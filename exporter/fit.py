@@ -6,10 +6,13 @@ basis so the sink stays exact (see principal_basis).
 """
 from __future__ import annotations
 
+import os
+
 from .calibrate import Covariance, capture
 from .config import DecoderConfig
 from .errors import UserError
 from .projectors import Projectors, principal_basis
+from .stats_cache import cache_key, load_stats, save_stats
 from .text import file_sha256, token_windows
 
 MIN_CALIB_TOKENS = 2048
@@ -33,36 +36,51 @@ def per_layer(rank, n: int) -> list:
     return list(rank) if isinstance(rank, (list, tuple)) else [rank] * n
 
 
-def fit_pca(decoder, tokenizer, cfg: DecoderConfig, key_ranks: list, value_ranks: list, key_mode: str,
-            calib: str, calib_tokens: int, window: int, sink_id: int | None, info: dict) -> Projectors:
-    """Calibrate `decoder` (uncompressed) on `calib` and return PCA projectors with the given per-layer ranks."""
-    key_tap = "key_pre" if key_mode == "pre-rope" or not cfg.has_rope else "key_post"
-    wanted = {}
-    for i in range(cfg.num_layers):
-        if key_ranks[i] is not None:
-            wanted[(i, key_tap)] = Covariance()
-        if value_ranks[i] is not None:
-            wanted[(i, "value")] = Covariance()
+KV_TAPS = ("key_pre", "key_post", "value")
+
+
+def kv_statistics(decoder, tokenizer, cfg: DecoderConfig, calib: str, calib_tokens: int, window: int,
+                  sink_id: int | None, fingerprint: str, cache_dir: str | None):
+    """Covariances and sink vectors of keys (before and after RoPE) and values for every layer, from the
+    cache in cache_dir when an identical calibration ran before. Returns (accs, sinks, calibration info)."""
     window = min(window, cfg.max_positions - 1)           # the sink takes one position
+    calib_sha = file_sha256(calib)
+    info = {"file": str(calib), "sha256": calib_sha, "window": window}
+    key = cache_key(model=fingerprint, text=calib_sha, tokens=calib_tokens, window=window, sink=sink_id)
+    path = os.path.join(cache_dir, "calib", key + ".safetensors") if cache_dir else None
+    cached = load_stats(path) if path else None
+    if cached is not None:
+        accs, sinks, n_tokens = cached
+        return accs, sinks, {**info, "tokens": n_tokens, "cached": True}
     windows = token_windows(tokenizer, calib, window, calib_tokens, sink_id, min_tokens=MIN_CALIB_TOKENS)
-    sinks = capture(decoder, windows, wanted) if wanted else {}
+    accs = {(i, tap): Covariance() for i in range(cfg.num_layers) for tap in KV_TAPS}
+    sinks = capture(decoder, windows, accs)
     n_tokens = sum(len(w) - (sink_id is not None) for w in windows)
+    if path:
+        save_stats(path, accs, sinks, n_tokens)
+    return accs, sinks, {**info, "tokens": n_tokens, "cached": False}
+
+
+def fit_pca(stats, cfg: DecoderConfig, key_ranks: list, value_ranks: list, key_mode: str,
+            sink_id: int | None, info: dict) -> Projectors:
+    """PCA projectors with the given per-layer ranks from kv_statistics' output."""
+    accs, sinks, calibration = stats
+    key_tap = "key_pre" if key_mode == "pre-rope" or not cfg.has_rope else "key_post"
     need = max([r for r in key_ranks + value_ranks if r is not None], default=0)
-    if wanted and n_tokens < 4 * need:
-        raise UserError(f"{n_tokens} calibration tokens are too few for rank {need}: pass more text "
+    if calibration["tokens"] < 4 * need:
+        raise UserError(f"{calibration['tokens']} calibration tokens are too few for rank {need}: pass more text "
                         f"(CALIB=...) or raise --calib-tokens")
 
     def solve(i, tap, rank):
         if rank is None:
             return None
-        acc = wanted[(i, tap)]
+        acc = accs[(i, tap)]
         sink = sinks[(i, tap)] - acc.mean if sink_id is not None else None
         return principal_basis(acc.covariance(), rank, sink), acc.mean.clone()
 
     keys = [solve(i, key_tap, key_ranks[i]) for i in range(cfg.num_layers)]
     values = [solve(i, "value", value_ranks[i]) for i in range(cfg.num_layers)]
-    calibration = {"file": str(calib), "sha256": file_sha256(calib), "tokens": n_tokens, "windows": len(windows),
-                   "window": window}
     mode = key_mode if cfg.has_rope else "post-rope"
+    calibration = {k: v for k, v in calibration.items() if k != "cached"}
     return Projectors(mode, keys, values, {**info, "method": "pca", "calibration": calibration,
                                            "sink_token_id": sink_id})

@@ -107,7 +107,6 @@ def build_decoder(hf, proj: Projectors | None = None) -> Decoder:
     with torch.no_grad():
         if cfg.family == "gpt2":
             t = hf.transformer
-            dec.embed.weight.copy_(t.wte.weight)
             dec.pos_embed.weight.copy_(t.wpe.weight)
             for blk, layer in zip(dec.blocks, t.h):
                 _copy_norm(blk.norm1, layer.ln_1)
@@ -117,14 +116,13 @@ def build_decoder(hf, proj: Projectors | None = None) -> Decoder:
             _copy_norm(dec.norm, t.ln_f)
         else:
             m = hf.model
-            dec.embed.weight.copy_(m.embed_tokens.weight)
             for blk, layer in zip(dec.blocks, m.layers):
                 _copy_norm(blk.norm1, layer.input_layernorm)
                 _copy_norm(blk.norm2, layer.post_attention_layernorm)
                 for name in ("gate_proj", "up_proj", "down_proj"):
                     getattr(blk.mlp, name).weight.copy_(getattr(layer.mlp, name).weight)
             _copy_norm(dec.norm, m.norm)
-        dec.lm_head.weight.copy_(hf.get_output_embeddings().weight)
-    if cfg.tie_embeddings:
-        dec.lm_head.weight = dec.embed.weight   # one tensor, so the ONNX graph stores it once
+        dec.embeddings.table_t.copy_(hf.get_input_embeddings().weight.T)
+        if not cfg.tie_embeddings:
+            dec.embeddings.head_t.copy_(hf.get_output_embeddings().weight.T)
     return dec.eval()

@@ -11,7 +11,7 @@ from graphs.metadata import ExportMetadata
 from .config import from_hf
 from .errors import UserError
 from .export import layout_of, point_latest, save_export, OPSET
-from .fit import fit_pca, parse_rank, per_layer
+from .fit import fit_pca, kv_statistics, parse_rank, per_layer
 from .fold import build_decoder
 from .load import load
 from .projectors import load_projectors, model_fingerprint
@@ -112,9 +112,10 @@ def run_export(o: ExportOptions) -> str:
     elif key_rank is None and value_rank is None:
         proj = None
     else:
-        proj = fit_pca(full_decoder, tok, cfg, per_layer(key_rank, cfg.num_layers),
-                       per_layer(value_rank, cfg.num_layers), key_mode, o.calib, o.calib_tokens, o.window,
-                       sink, info)
+        stats = kv_statistics(full_decoder, tok, cfg, o.calib, o.calib_tokens, o.window, sink, fingerprint,
+                              o.build_dir)
+        proj = fit_pca(stats, cfg, per_layer(key_rank, cfg.num_layers), per_layer(value_rank, cfg.num_layers),
+                       key_mode, sink, info)
     decoder = build_decoder(hf, proj) if proj is not None else full_decoder
     ranks = proj.ranks() if proj else {"key": [None] * cfg.num_layers, "value": [None] * cfg.num_layers}
     mode = proj.key_mode if proj else "full"

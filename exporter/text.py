@@ -5,7 +5,6 @@ A window is [sink] + L tokens of the text: the sink token sits at position 0 of 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -17,10 +16,15 @@ DEFAULT_CALIB = DATA_DIR / "wikitext-103-valid.tokens.txt"
 DEFAULT_EVAL = DATA_DIR / "wikitext-2-raw-test.txt"
 
 
-def read_text(path: str | os.PathLike) -> str:
+def _require_file(path: str | os.PathLike) -> Path:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"no text file at {p}: pass CALIB=/path/to/file.txt (any UTF-8 text)")
+    return p
+
+
+def read_text(path: str | os.PathLike) -> str:
+    p = _require_file(path)
     try:
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -28,11 +32,8 @@ def read_text(path: str | os.PathLike) -> str:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from .projectors import sha256_file
+    return sha256_file(str(_require_file(path)))
 
 
 def token_windows(tokenizer, path, window: int, max_tokens: int, sink_id: int | None,

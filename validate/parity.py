@@ -6,6 +6,9 @@ from dataclasses import dataclass, asdict
 import numpy as np
 import torch
 
+from runtime.forward import position_ids
+from runtime.prompts import left_pad
+
 from .tolerances import GREEDY_STEPS, LOGIT_RTOL, within
 
 
@@ -30,29 +33,13 @@ class ParityResult:
         return {**asdict(self), "passed": self.passed}
 
 
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """ids, mask (B, T): prompts right-aligned, pad on the left."""
-    T = max(len(p) for p in prompts)
-    ids = np.full((len(prompts), T), pad_id, np.int64)
-    mask = np.zeros((len(prompts), T), np.int64)
-    for b, p in enumerate(prompts):
-        ids[b, T - len(p):] = p
-        mask[b, T - len(p):] = 1
-    return ids, mask
-
-
-def positions(mask: np.ndarray, new: int) -> np.ndarray:
-    """Positions of the last `new` tokens: count of real tokens before each, the HF convention."""
-    return np.clip(mask.cumsum(-1) - 1, 0, None)[:, -new:]
-
-
 def check_parity(reference, ort_model, prompts: list[list[int]], pad_id: int,
                  steps: int = GREEDY_STEPS, rtol: float = LOGIT_RTOL) -> ParityResult:
     """Run both sides on the same left-padded batch: prefill, then `steps` greedy steps in which each side
     feeds its own argmax. Logit differences are taken where the reference's tokens are still shared."""
     ids, mask = left_pad(prompts, pad_id)
     valid = mask.astype(bool)
-    pos = positions(mask, ids.shape[1])
+    pos = position_ids(mask, ids.shape[1])
     B = len(prompts)
     with torch.no_grad():
         out = reference(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(pos),
@@ -66,7 +53,7 @@ def check_parity(reference, ort_model, prompts: list[list[int]], pad_id: int,
     for _ in range(steps):
         identical &= bool((ref_tok == ort_tok).all())
         mask = np.concatenate([mask, np.ones((B, 1), np.int64)], axis=1)
-        pos = positions(mask, 1)
+        pos = position_ids(mask, 1)
         with torch.no_grad():
             out = reference(torch.from_numpy(ref_tok[:, None]), torch.from_numpy(mask), torch.from_numpy(pos),
                             *ref_past)

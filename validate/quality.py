@@ -31,17 +31,16 @@ class Quality:
         return asdict(self)
 
 
-def _log_softmax(x: torch.Tensor) -> torch.Tensor:
-    return torch.log_softmax(x.double(), dim=-1)
-
-
 def window_stats(orig_logits: torch.Tensor, comp_logits: torch.Tensor, targets: torch.Tensor):
-    """Both logits (N, V) predicting targets (N,): (nll orig, nll comp, KL sum, top-1 agreements), summed."""
-    lp_o, lp_c = _log_softmax(orig_logits), _log_softmax(comp_logits)
-    nll_o = -lp_o.gather(1, targets[:, None]).sum().item()
-    nll_c = -lp_c.gather(1, targets[:, None]).sum().item()
-    kl = (lp_o.exp() * (lp_o - lp_c)).sum().item()
+    """Both logits (N, V) predicting targets (N,): (nll orig, nll comp, KL sum, top-1 agreements), summed.
+
+    float32 per token (log-softmax is stable there), sums in float64."""
+    lp_o = torch.log_softmax(orig_logits.float(), dim=-1)                          # (N, V)
+    lp_c = torch.log_softmax(comp_logits.float(), dim=-1)
+    nll_o = -lp_o.gather(1, targets[:, None]).double().sum().item()
+    nll_c = -lp_c.gather(1, targets[:, None]).double().sum().item()
     agree = (lp_o.argmax(-1) == lp_c.argmax(-1)).sum().item()
+    kl = (lp_o.exp() * (lp_o - lp_c)).sum(-1).double().sum().item()
     return nll_o, nll_c, kl, agree
 
 

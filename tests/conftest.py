@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny random models of every architecture and their exports, made once per test session."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests import tiny_models
+
+CALIB_TOKENS = 4096     # tiny models: enough for rank <= 32 (the min is checked by the exporter)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """tiny_model_dir(arch) -> a local HF directory with a random model of that architecture."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    made = {}
+
+    def get(arch: str) -> str:
+        if arch not in made:
+            made[arch] = tiny_models.make(arch, str(root / arch))
+        return made[arch]
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_model_dir, tmp_path_factory):
+    """tiny_export(arch, k, key_mode) -> export directory (cached per argument tuple)."""
+    from exporter.pipeline import ExportOptions, run_export
+    root = tmp_path_factory.mktemp("tiny-exports")
+    made = {}
+
+    def get(arch: str, k="full", key_mode: str = "pre-rope", **kw) -> str:
+        key = (arch, str(k), key_mode, tuple(sorted(kw.items())))
+        if key not in made:
+            out = str(root / f"{arch}-{k}-{key_mode}-{len(made)}")
+            made[key] = run_export(ExportOptions(model=tiny_model_dir(arch), k=str(k), key_mode=key_mode,
+                                                 calib_tokens=CALIB_TOKENS, window=256, out=out,
+                                                 build_dir=str(root), **kw))
+        return made[key]
+    return get
+
+
+def load_ref(export_dir: str):
+    """(hf model, tokenizer, reference decoder, metadata) for an export."""
+    from graphs.metadata import load_metadata
+    from validate.reference import load_references
+    meta = load_metadata(export_dir)
+    return (*load_references(export_dir, meta), meta)

@@ -1,0 +1,106 @@
+"""Parity, the heart of the product: HF == PyTorch reference at K=full, and ONNX Runtime == reference at every
+setting, prefill and 64 greedy decode steps, batch of 2 with left padding. Tolerances: validate/tolerances.py."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from graphs.metadata import load_metadata
+from runtime.forward import position_ids
+from runtime.prompts import left_pad
+from tests.conftest import load_ref
+from tests.tiny_models import ARCHS
+from validate.ort_model import OrtModel
+from validate.parity import check_parity
+from validate.tolerances import HF_LOGIT_RTOL, within
+
+CASES = [(arch, k, mode) for arch in ("llama", "qwen2", "mistral") for k, mode in
+         (("full", "pre-rope"), (8, "pre-rope"), (8, "post-rope"))] + [("gpt2", "full", "post-rope"),
+                                                                       ("gpt2", 9, "post-rope")]
+
+
+def prompts(sink: int | None, lengths=(40, 29), seed=0) -> list[list[int]]:
+    g = np.random.default_rng(seed)
+    prefix = [] if sink is None else [sink]
+    return [prefix + g.integers(3, 300, n).tolist() for n in lengths]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_reference_at_full_rank_reproduces_hf(arch, tiny_export):
+    """Prefill of a padded batch, then 16 cached greedy steps compared with HF recomputing the whole sequence."""
+    hf, _, ref, meta = load_ref(tiny_export(arch, "full"))
+    ids, mask = left_pad(prompts(meta.sink["token_id"]), meta.pad_token_id)
+    ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
+    past = ref.empty_past(2)
+    with torch.no_grad():
+        for _ in range(16):
+            new = ids if past[0].shape[2] == 0 else ids[:, -1:]            # prefill, then one token a step
+            pos = torch.from_numpy(position_ids(mask.numpy(), new.shape[1]))
+            out = ref(new, mask, pos, *past)
+            past = list(out[1:])
+            ids = torch.cat([ids, out[0][:, -1].argmax(-1, keepdim=True)], 1)
+            mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1)
+        full_pos = torch.from_numpy(position_ids(mask.numpy(), ids.shape[1]))
+        hf_logits = hf(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=full_pos[:, :-1]).logits
+        ref_logits = ref(ids[:, :-1], mask[:, :-1], full_pos[:, :-1], *ref.empty_past(2))[0]
+        hf_next = hf_logits[:, -16:].argmax(-1)                             # predicts the 16 generated
+    valid = mask[:, :-1].bool()
+    diff = (hf_logits - ref_logits).abs()[valid].max().item()
+    assert within(diff, hf_logits.abs()[valid].max().item(), HF_LOGIT_RTOL), diff
+    assert torch.equal(hf_next, ids[:, -16:]), "cached greedy tokens differ from HF's"
+
+
+@pytest.mark.parametrize("arch,k,mode", CASES)
+def test_onnx_runtime_matches_reference(arch, k, mode, tiny_export):
+    export = tiny_export(arch, k, mode)
+    _, _, ref, meta = load_ref(export)
+    result = check_parity(ref, OrtModel(export, meta), prompts(meta.sink["token_id"]), meta.pad_token_id)
+    assert result.greedy_identical
+    assert result.passed, result.to_json()
+
+
+@pytest.mark.parametrize("arch,mode", [("llama", "pre-rope"), ("llama", "post-rope"), ("gpt2", "post-rope")])
+def test_compression_is_applied_and_sink_stays_exact(arch, mode, tiny_export):
+    """At small K the logits move away from the full model's, except at the sink (position 0), whose keys and
+    values are in every basis: its logits equal the uncompressed model's."""
+    _, _, full, meta = load_ref(tiny_export(arch, "full"))
+    _, _, small, _ = load_ref(tiny_export(arch, 4, mode))
+    ids = torch.tensor(prompts(meta.sink["token_id"], (30,)))
+    mask, pos = torch.ones_like(ids), torch.arange(ids.shape[1])[None]
+    with torch.no_grad():
+        a = full(ids, mask, pos, *full.empty_past(1))[0]
+        b = small(ids, mask, pos, *small.empty_past(1))[0]
+    scale = a.abs().max().item()
+    assert (a[0, 0] - b[0, 0]).abs().max().item() <= 1e-4 * scale       # sink: exact
+    assert (a[0, 1:] - b[0, 1:]).abs().max().item() > 1e-2 * scale      # the rest: compressed
+
+
+def test_gpt2_k9_graph_has_latent_cache(tiny_export):
+    import onnx
+    export = tiny_export("gpt2", 9)
+    model = onnx.load(f"{export}/model.onnx", load_external_data=False)
+    pasts = [i for i in model.graph.input if i.name.startswith("past_key_values.")]
+    assert len(pasts) == 2 * 2
+    for p in pasts:
+        dims = [d.dim_value or d.dim_param for d in p.type.tensor_type.shape.dim]
+        assert dims == ["batch", 1, "past_sequence", 9], (p.name, dims)
+    assert load_metadata(export).kv_bytes_per_token == 2 * 2 * 9 * 4
+
+
+@pytest.mark.parametrize("arch,k,mode", [("llama", 8, "pre-rope"), ("gpt2", 9, "post-rope")])
+def test_runtime_generator_matches_reference_greedy(arch, k, mode, tiny_export):
+    """The runtime (IO binding, no torch) generates the reference decoder's greedy tokens."""
+    from runtime import Generator
+    export = tiny_export(arch, k, mode)
+    _, _, ref, meta = load_ref(export)
+    ps = [p[1:] for p in prompts(meta.sink["token_id"])]          # the runtime adds the sink itself
+    got = Generator(export).generate(ps, max_new_tokens=24, stop_token_ids=[])
+    for p, tokens in zip(ps, got.tokens):
+        ids = torch.tensor([[meta.sink["token_id"]] + p])
+        with torch.no_grad():
+            for _ in range(24):
+                pos = torch.arange(ids.shape[1])[None]
+                nxt = ref(ids, torch.ones_like(ids), pos, *ref.empty_past(1))[0][0, -1].argmax()
+                ids = torch.cat([ids, nxt.view(1, 1)], 1)
+        assert tokens == ids[0, len(p) + 1:].tolist()
