@@ -18,13 +18,15 @@ PROMPT    ?= The capital of France is
 CHAT      ?=
 MAX_NEW_TOKENS ?= 64
 PYTEST_ARGS ?=
+TEXT      ?=
 
-.PHONY: setup export validate generate test clean help
+.PHONY: setup export validate generate analyze test clean help
 
 help:
 	@echo "make export [MODEL=id|dir|file.gguf] [K=128|full] [K_KEY=] [K_VALUE=] [KEY_MODE=pre-rope|post-rope] [CALIB=file] [SEED=0]"
 	@echo "make validate [EXPORT=build/latest]      parity vs PyTorch + cost of compression -> EXPORT/report.md"
 	@echo "make generate PROMPT='...' [CHAT=1]       generation with ONNX Runtime only"
+	@echo "make analyze [MODEL=] [TEXT=file]        spectra, robust Df, weight spectra, memory table -> build/analyze-<model>/"
 	@echo "make test                                 the test suite (tiny models, a few minutes)"
 
 setup: $(STAMP)
@@ -47,6 +49,9 @@ validate: setup
 generate: setup
 	$(PYTHON) -m runtime --export "$(EXPORT)" --prompt "$(PROMPT)" --max-new-tokens "$(MAX_NEW_TOKENS)" \
 		$(if $(CHAT),--chat)
+
+analyze: setup
+	$(PYTHON) -m exporter.analyze $(if $(MODEL),--model "$(MODEL)") $(if $(TEXT),--text "$(TEXT)") $(ANALYZE_ARGS)
 
 test: setup
 	$(PYTHON) -m pytest -q tests $(PYTEST_ARGS)

@@ -90,13 +90,14 @@ def default_out(o: ExportOptions, name: str, key_rank, value_rank) -> str:
     return os.path.join(o.build_dir, f"{name}-{tag}")
 
 
-def run_export(o: ExportOptions) -> str:
-    """Do the whole export; returns the export directory."""
+def run_export(o: ExportOptions, loaded=None) -> str:
+    """Do the whole export; returns the export directory. `loaded` (from load()) skips loading the model again
+    when one process exports several settings."""
     if o.key_mode not in ("pre-rope", "post-rope"):
         raise UserError(f"KEY_MODE={o.key_mode!r} is unknown: use pre-rope or post-rope")
     torch.manual_seed(o.seed)
     t0 = time.time()
-    loaded = load(o.model, trust_remote_code=o.trust_remote_code)
+    loaded = loaded or load(o.model, trust_remote_code=o.trust_remote_code)
     hf, tok = loaded.model, loaded.tokenizer
     cfg = from_hf(hf.config)
     key_mode = o.key_mode if cfg.has_rope else "post-rope"   # without RoPE both modes are k-space scores

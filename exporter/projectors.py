@@ -58,6 +58,7 @@ class Projectors:
         from safetensors.torch import save_file
         st = path_stem + ".safetensors"
         save_file(self.tensors(), st + ".tmp", metadata={"format": FORMAT})
+        os.chmod(st + ".tmp", 0o644)   # safetensors creates files private; projectors are plain data
         os.replace(st + ".tmp", st)
         digest = sha256_file(st)
         meta = {"format": FORMAT, "key_mode": self.key_mode, "ranks": self.ranks(), "tensors_sha256": digest,

@@ -44,21 +44,32 @@ def window_stats(orig_logits: torch.Tensor, comp_logits: torch.Tensor, targets: 
     return nll_o, nll_c, kl, agree
 
 
-def measure(hf, ort_model, windows: list[list[int]], has_sink: bool, eval_file: str, window: int,
+def hf_logits(hf, ids: list[int]) -> torch.Tensor:
+    """The original model's logits (T-1, V) for one window, predicting ids[1:]."""
+    x = torch.tensor([ids])                                                # (1, T)
+    with torch.no_grad():
+        return hf(input_ids=x, attention_mask=torch.ones_like(x),
+                  position_ids=torch.arange(x.shape[1])[None]).logits[0, :-1]
+
+
+def ort_logits(ort_model, ids: list[int]) -> torch.Tensor:
+    """The export's logits (T-1, V) for one window, run by ONNX Runtime as one prefill."""
+    x = np.array([ids], np.int64)                                          # (1, T)
+    out, _ = ort_model(x, np.ones_like(x), np.arange(x.shape[1])[None], ort_model.empty_past(1))
+    return torch.from_numpy(out[0, :-1])
+
+
+def measure(original, ort_model, windows: list[list[int]], has_sink: bool, eval_file: str, window: int,
             sink_token: str | None) -> Quality:
-    """Score every window with both models; windows as from exporter.text.token_windows."""
+    """Score every window (as from exporter.text.token_windows) with both models. `original` is the HF model,
+    or a function (window index, ids) -> logits (T-1, V) when the caller has them already."""
+    get_original = original if callable(original) and not isinstance(original, torch.nn.Module) else \
+        (lambda i, ids: hf_logits(original, ids))
     tot = np.zeros(4)
     n = 0
-    for ids in tqdm(windows, desc="perplexity", unit="window"):
-        x = np.array([ids], np.int64)                                     # (1, T)
-        mask = np.ones_like(x)
-        pos = np.arange(x.shape[1])[None]
-        with torch.no_grad():
-            orig = hf(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(mask),
-                      position_ids=torch.from_numpy(pos)).logits[0, :-1]  # (T-1, V)
-        comp, _ = ort_model(x, mask, pos, ort_model.empty_past(1))
-        targets = torch.from_numpy(x[0, 1:])
-        tot += window_stats(orig, torch.from_numpy(comp[0, :-1]), targets)
+    for i, ids in enumerate(tqdm(windows, desc="perplexity", unit="window")):
+        targets = torch.tensor(ids[1:])
+        tot += window_stats(get_original(i, ids), ort_logits(ort_model, ids), targets)
         n += len(targets)
     ppl_o, ppl_c = math.exp(tot[0] / n), math.exp(tot[1] / n)
     return Quality(eval_file, window, n, sink_token if has_sink else None, ppl_o, ppl_c,

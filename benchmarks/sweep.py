@@ -1,0 +1,118 @@
+"""Ranks x key modes on one model: parity, perplexity, KL, top-1, KV bytes and decode speed, in one run.
+
+    python -m benchmarks.sweep [--model M] [--k full,128,96,64] [--modes pre-rope,post-rope] [--eval-tokens 32768]
+
+Exports each setting into build/ (reused when already there, unless --fresh), computes the original model's
+logits once per window, then scores every export against them with ONNX Runtime. Decode speed: the runtime
+(IO binding, CPU), a 128-token prompt (sink included), 64 greedy tokens, median of 3. Writes
+build/sweep-<model>.md / .json and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+
+import torch
+
+from exporter.fold import build_decoder
+from exporter.load import load
+from exporter.pipeline import ExportOptions, default_out, run_export
+from exporter.projectors import load_projectors
+from exporter.text import DEFAULT_EVAL, token_windows
+from graphs.contract import CacheLayout, CacheShape, kv_bytes_per_token
+from graphs.metadata import load_metadata
+from validate.ort_model import OrtModel
+from validate.parity import check_parity
+from validate.quality import hf_logits, measure
+
+from validate.__main__ import parity_prompts
+
+
+def decode_speed(export: str, prompt: list[int], runs: int = 3, new_tokens: int = 64) -> float:
+    from runtime import Generator
+    gen = Generator(export)
+    rates = [gen.generate([prompt], max_new_tokens=new_tokens, stop_token_ids=[]).timings.decode_tokens_per_s
+             for _ in range(runs)]
+    return statistics.median(rates)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None)
+    p.add_argument("--k", default="full,128,96,64")
+    p.add_argument("--modes", default="pre-rope,post-rope")
+    p.add_argument("--eval", default=str(DEFAULT_EVAL))
+    p.add_argument("--eval-tokens", type=int, default=32768)
+    p.add_argument("--window", type=int, default=2048)
+    p.add_argument("--fresh", action="store_true", help="export again even when build/ has the setting")
+    a = p.parse_args(argv)
+    loaded = load(a.model)
+    hf, tok = loaded.model, loaded.tokenizer
+    settings = []
+    for k in a.k.split(","):
+        for mode in (["pre-rope"] if k == "full" else a.modes.split(",")):
+            o = ExportOptions(model=a.model, k=k, key_mode=mode)
+            out = default_out(o, loaded.name, None if k == "full" else int(k), None if k == "full" else int(k))
+            if a.fresh or not os.path.isfile(os.path.join(out, "export.json")):
+                run_export(o, loaded)
+            settings.append((k, "—" if k == "full" else mode, out))
+    meta0 = load_metadata(settings[0][2])
+    sink = meta0.sink["token_id"]
+    window = min(a.window, meta0.model["max_positions"] - (sink is not None))
+    windows = token_windows(tok, a.eval, window, a.eval_tokens, sink)
+    print(f"original model logits for {len(windows)} windows ...", flush=True)
+    original = [hf_logits(hf, w) for w in windows]
+    m = meta0.model
+    full = CacheLayout.uniform(m["num_layers"], CacheShape(m["num_kv_heads"], m["head_dim"]),
+                               CacheShape(m["num_kv_heads"], m["head_dim"]), "float16")
+    fp16_bytes = kv_bytes_per_token(full)
+    speed_prompt = parity_prompts(tok, sink, 127, a.eval)[0][1:]     # 127 tokens + the sink = 128
+    rows = []
+    for k, mode, out in settings:
+        meta = load_metadata(out)
+        stem = os.path.join(out, "projectors")
+        proj = load_projectors(stem, meta.model["fingerprint"]) if os.path.isfile(stem + ".json") else None
+        ref = build_decoder(hf, proj)
+        ort_model = OrtModel(out, meta)
+        par = check_parity(ref, ort_model, parity_prompts(tok, sink, 300, a.eval), meta.pad_token_id)
+        del ref
+        q = measure(lambda i, ids: original[i], ort_model, windows, sink is not None, a.eval, window,
+                    meta.sink["token"])
+        del ort_model
+        tps = decode_speed(out, speed_prompt)
+        row = {"k": k, "key_mode": mode, "export": out, "ppl_original": q.ppl_original,
+               "ppl": q.ppl_compressed, "ppl_increase_pct": q.ppl_increase_pct, "kl": q.kl_mean,
+               "top1": q.top1_agreement, "parity_rel": par.rel_diff, "parity_passed": par.passed,
+               "greedy_identical": par.greedy_identical, "kv_bytes_fp32": meta.kv_bytes_per_token,
+               "ratio_vs_fp16": fp16_bytes / meta.kv_bytes_per_token, "decode_tok_s": tps,
+               "tokens_scored": q.tokens_scored}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    cmd = "python -m benchmarks.sweep " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
+    md = [f"Model {loaded.source}; {rows[0]['tokens_scored']} tokens of {os.path.basename(a.eval)} in windows of "
+          f"{window}, each after the sink token {meta0.sink['token']!r}; KV bytes of the fp32 cache, ratio against "
+          f"an fp16 uncompressed cache ({fp16_bytes} B/token); decode: runtime on CPU, 128-token prompt, 64 "
+          f"greedy tokens, median of 3. Command: `{cmd}`", "",
+          "| K (keys = values) | key mode | perplexity | original | increase | KL nats/token | top-1 | parity rel. diff | greedy identical | KV B/token (fp32) | vs fp16 cache | decode tok/s |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        md.append(f"| {r['k']} | {r['key_mode']} | {r['ppl']:.3f} | {r['ppl_original']:.3f} | "
+                  f"{r['ppl_increase_pct']:+.2f} % | {r['kl']:.4f} | {100 * r['top1']:.2f} % | {r['parity_rel']:.2e} | "
+                  f"{r['greedy_identical']} | {r['kv_bytes_fp32']} | {r['ratio_vs_fp16']:.2f}x | {r['decode_tok_s']:.1f} |")
+    text = "\n".join(md) + "\n"
+    base = os.path.join("build", f"sweep-{loaded.name}")
+    with open(base + ".md", "w") as f:
+        f.write(text)
+    with open(base + ".json", "w") as f:
+        json.dump({"command": cmd, "rows": rows}, f, indent=1)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
