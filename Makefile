@@ -20,13 +20,14 @@ MAX_NEW_TOKENS ?= 64
 PYTEST_ARGS ?=
 TEXT      ?=
 
-.PHONY: setup export validate generate analyze test clean help
+.PHONY: setup export validate generate analyze interop test clean help
 
 help:
 	@echo "make export [MODEL=id|dir|file.gguf] [K=128|full] [K_KEY=] [K_VALUE=] [KEY_MODE=pre-rope|post-rope] [CALIB=file] [SEED=0]"
 	@echo "make validate [EXPORT=build/latest]      parity vs PyTorch + cost of compression -> EXPORT/report.md"
 	@echo "make generate PROMPT='...' [CHAT=1]       generation with ONNX Runtime only"
 	@echo "make analyze [MODEL=] [TEXT=file]        spectra, robust Df, weight spectra, memory table -> build/analyze-<model>/"
+	@echo "make interop [EXPORT=dir]                 onnxruntime-genai vs our runtime (default: SmolLM2 full, K=128 both modes)"
 	@echo "make test                                 the test suite (tiny models, a few minutes)"
 
 setup: $(STAMP)
@@ -52,6 +53,9 @@ generate: setup
 
 analyze: setup
 	$(PYTHON) -m exporter.analyze $(if $(MODEL),--model "$(MODEL)") $(if $(TEXT),--text "$(TEXT)") $(ANALYZE_ARGS)
+
+interop: setup
+	$(PYTHON) -m validate.interop $(if $(filter-out build/latest,$(EXPORT)),--export "$(EXPORT)")
 
 test: setup
 	$(PYTHON) -m pytest -q tests $(PYTEST_ARGS)

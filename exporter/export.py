@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from graphs import contract as C
 from graphs.checks import check_contract, check_model
+from graphs.genai import write_genai_config
 from graphs.metadata import METADATA_FILE, MODEL_FILE, TOKENIZER_FILE, ExportMetadata
 from graphs.passes import clamp_ir_version, set_metadata_props, strip_doc_strings
 
@@ -90,9 +91,11 @@ def save_export(decoder, meta: ExportMetadata, tokenizer, out_dir: str, projecto
         props = {"format": "spectral-kv", "key_mode": meta.key_mode,
                  "kv_bytes_per_token": str(meta.kv_bytes_per_token), "model": meta.model.get("source", "")}
         write_onnx(decoder, meta.layout, os.path.join(tmp, MODEL_FILE), props)
-        tokenizer.backend_tokenizer.save(os.path.join(tmp, TOKENIZER_FILE))
+        tokenizer.save_pretrained(tmp)          # tokenizer.json (our runtime) + tokenizer_config.json (genai)
+        assert os.path.isfile(os.path.join(tmp, TOKENIZER_FILE))
         if projectors is not None:
             meta.projector_sha256 = projectors.save(os.path.join(tmp, "projectors"))
+        meta.extra["genai"] = write_genai_config(tmp, meta) or "genai_config.json written"
         meta.save(tmp)
         assert os.path.isfile(os.path.join(tmp, METADATA_FILE))
         old = f"{out_dir}.old-{os.getpid()}"
@@ -106,12 +109,16 @@ def save_export(decoder, meta: ExportMetadata, tokenizer, out_dir: str, projecto
     return out_dir
 
 
-def point_latest(out_dir: str) -> None:
-    """build/latest -> the newest export (a relative symlink, replaced atomically)."""
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    link = os.path.join(parent, "latest")
+def point_latest(out_dir: str, build_dir: str) -> None:
+    """<build_dir>/latest -> the newest export (relative when the export is inside build_dir), replaced
+    atomically."""
+    os.makedirs(build_dir, exist_ok=True)
+    link = os.path.join(build_dir, "latest")
+    target = os.path.relpath(os.path.abspath(out_dir), os.path.abspath(build_dir))
+    if target.startswith(".."):
+        target = os.path.abspath(out_dir)
     tmp = link + f".tmp-{os.getpid()}"
     if os.path.lexists(tmp):
         os.remove(tmp)
-    os.symlink(os.path.basename(os.path.normpath(out_dir)), tmp)
+    os.symlink(target, tmp)
     os.replace(tmp, link)

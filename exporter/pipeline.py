@@ -133,7 +133,7 @@ def run_export(o: ExportOptions, loaded=None) -> str:
         extra={"seed": o.seed, "projector_method": proj.info.get("method") if proj else None})
     out = default_out(o, loaded.name, key_rank, value_rank)
     save_export(decoder, meta, tok, out, proj)
-    point_latest(out)
+    point_latest(out, o.build_dir)
     print(f"wrote {out} ({meta.kv_bytes_per_token} KV bytes/token, "
           f"uncompressed {2 * cfg.num_layers * cfg.kv_dim * 4}) in {time.time() - t0:.0f} s")
     return out
