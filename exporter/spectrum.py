@@ -189,11 +189,11 @@ class TapStatistics(Covariance):
 
 # --- weights ------------------------------------------------------------------------------------------------
 
-def energy_summary(singular_values: torch.Tensor, probe_ranks=(), top: int = 8) -> dict:
+def energy_summary(singular_values: torch.Tensor, probe_ranks=(), fractions=(0.95,), top: int = 8) -> dict:
     """Weight-matrix spectrum: Df and k over the energies sigma^2 (the eigenvalues of W^T W, as for activations),
     plus Df over sigma itself, and the energy share at the probe ranks."""
     s = singular_values.double()
-    out = summarize(s * s, top=0, fractions=(0.95,))
+    out = summarize(s * s, top=0, fractions=fractions)
     out["df_sigma"] = participation_ratio(s)
     out["top_sigma"] = [float(v) for v in s[:top]]
     out["energy_at"] = {str(k): fraction_kept(s * s, k) for k in probe_ranks}
