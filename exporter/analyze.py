@@ -85,8 +85,8 @@ class AnalyzeOptions:
 
 def pick_threads(requested: int) -> int:
     """Torch threads for this run. Auto (0): the cores the load average leaves free, at least one. On a shared
-    2-core machine, two threads contending with another busy process run the decoder 2-3x slower than one
-    (measured: 14 s vs 5 s per 1024-token window), so a busy machine gets one thread."""
+    2-core machine, two threads contending with another busy process ran the decoder several times slower than
+    one in development runs, so a busy machine gets one thread."""
     if requested > 0:
         return requested
     cores = os.cpu_count() or 1
@@ -96,7 +96,7 @@ def pick_threads(requested: int) -> int:
 @contextmanager
 def lapack_threads(n: int = 1):
     """Eigen- and singular-value solvers on one thread: on a shared 2-core machine, two LAPACK threads spin
-    against the other load and run up to 100x slower than one."""
+    against the other load and ran many times slower than one in development runs."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -278,18 +278,14 @@ def _assign(module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
 
 def write_attention(hf, cfg: DecoderConfig, i: int, w: dict) -> None:
     """The inverse of fold.attention_weights: put q/k/v/o weights [out, in] and biases into layer i of hf."""
-    zero = lambda n: torch.zeros(n, dtype=torch.float64)
-    bias = lambda name, n: w.get(f"{name}_b") if w.get(f"{name}_b") is not None else zero(n)
-    if cfg.family == "gpt2":
-        D = cfg.hidden_size
-        c_attn, c_proj = _attention_modules(hf, cfg, i)
-        _assign(c_attn, torch.cat([w["q"].T, w["k"].T, w["v"].T], dim=1),
-                torch.cat([bias("q", D), bias("k", D), bias("v", D)]))
-        _assign(c_proj, w["o"].T, w.get("o_b"))
+    modules = _attention_modules(hf, cfg, i)
+    if cfg.family == "gpt2":                      # Conv1D: one [in, 3 out] matrix for q, k, v; biases always
+        _assign(modules[0], torch.cat([w["q"].T, w["k"].T, w["v"].T], dim=1),
+                torch.cat([w["q_b"], w["k_b"], w["v_b"]]))
+        _assign(modules[1], w["o"].T, w["o_b"])
         return
-    for module, name in zip(_attention_modules(hf, cfg, i), ("q", "k", "v", "o")):
-        b = w.get(f"{name}_b")
-        _assign(module, w[name], b if b is not None or module.bias is None else bias(name, w[name].shape[0]))
+    for module, name in zip(modules, ("q", "k", "v", "o")):
+        _assign(module, w[name], w[f"{name}_b"])
 
 
 @contextmanager
@@ -442,7 +438,8 @@ def plan_settings(cfg: DecoderConfig, eigs: dict, weights: list[dict], o: Analyz
         out.append(Setting(f"{kind} k{f:.0%}", kind, "all layers", f, o.eval_tokens,
                            k(kt, f) if kt else none, k(vt, f) if vt else none))
     sweep = []
-    for frac in sorted(set(o.fractions) | {f}, key=lambda x: (x != f, x)):
+    fractions = sorted(set(o.fractions) | {f}, key=lambda x: (x != f, x)) if o.fractions and o.layer_tokens else []
+    for frac in fractions:
         sweep.append(Setting(f"keys k{frac:.0%}", "keys", "all layers", frac, o.layer_tokens, k(key_tap, frac), none))
         sweep.append(Setting(f"values k{frac:.0%}", "values", "all layers", frac, o.layer_tokens, none,
                              k("value", frac)))
@@ -454,11 +451,12 @@ def plan_settings(cfg: DecoderConfig, eigs: dict, weights: list[dict], o: Analyz
                            none, none, ranks))
         if o.weight_rows == "each":     # one matrix kind at a time, the others intact
             for m in ("q", "k", "v", "o"):
-                only = [{n: r[n] if n == m else min(row[n]["shape"]) for n in r} for r, row in zip(ranks, weights)]
+                only = [{name: r[name] if name == m else min(row[name]["shape"]) for name in r}
+                        for r, row in zip(ranks, weights)]
                 out.append(Setting(f"attention weights {m} only k{f:.0%}", f"attention weights ({m} only)",
                                    "all layers", f, o.weight_tokens, none, none, only))
-    out += sweep[2:] if o.fractions else []
-    for i in parse_layers(o.layers, n):
+    out += sweep[2:]
+    for i in (parse_layers(o.layers, n) if o.layer_tokens else []):
         only = lambda ranks: [r if j == i else None for j, r in enumerate(ranks)]
         out.append(Setting(f"layer {i} keys k{f:.0%}", "keys", f"layer {i}", f, o.layer_tokens,
                            only(k(key_tap, f)), none))
@@ -846,7 +844,7 @@ ENGINE_NOTE = {
           "proves its logits equal the reference decoder's (exporter/fold.build_decoder with the same projectors) "
           "within 1e-4 relative, and the "
           "project's parity tests prove the reference decoder equals the ONNX export within 1e-4 relative. It runs "
-          "HF's fused attention, about twice as fast as the reference decoder on CPU.",
+          "HF's fused attention, faster on CPU than the reference decoder's full softmax over all scores.",
     "decoder": "The reference decoder (exporter/fold.build_decoder with the projectors), the module the ONNX export "
                "is traced from; the project's parity tests prove its logits equal the ONNX export's within 1e-4 "
                "relative."}
@@ -1015,10 +1013,12 @@ def parse_args(argv) -> AnalyzeOptions:
     p.add_argument("--window", type=int, default=d.window, help="analysis window in tokens (after the sink)")
     p.add_argument("--eval-tokens", type=int, default=d.eval_tokens, help="tokens scored by whole-model rows")
     p.add_argument("--eval-window", type=int, default=d.eval_window, help="perplexity window in tokens")
-    p.add_argument("--layer-tokens", type=int, default=d.layer_tokens, help="tokens scored by sweep/per-layer rows")
+    p.add_argument("--layer-tokens", type=int, default=d.layer_tokens,
+                   help="tokens scored by the sweep and single-layer rows (0: none of them)")
     p.add_argument("--fraction", type=float, default=d.fraction, help="the headline variance fraction (0.95)")
     p.add_argument("--fractions", default=",".join(map(str, d.fractions)),
-                   help="variance fractions swept for keys alone and values alone ('' for none)")
+                   help="variance fractions swept for keys alone and values alone, all layers, on --layer-tokens "
+                        "('' for no sweep; --fraction is always among them)")
     p.add_argument("--whole", default=",".join(d.whole),
                    help="kinds scored on --eval-tokens at --fraction: keys, values, keys+values ('' for none)")
     p.add_argument("--layers", default=d.layers, help="single-layer rows: none | all | middle | first,last,3,...")

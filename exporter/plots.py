@@ -76,7 +76,8 @@ def df_per_layer(r: dict, out_dir: str) -> str:
         ax.set_ylabel("effective dimension Df (directions)")
         ax.grid(alpha=0.3, which="both")
     _legend(axes, spare)
-    fig.suptitle(f"Df = (sum l)^2 / sum l^2 per layer, raw vs robust\n{_source(r)}", fontsize=10)
+    fig.suptitle(f"Df = (sum l)^2 / sum l^2 per layer, raw vs robust (lines that coincide hide each other)\n"
+                 f"{_source(r)}", fontsize=10)
     return _save(fig, out_dir, "df_per_layer.png")
 
 
@@ -128,25 +129,34 @@ def weight_decay(r: dict, sigmas: dict, out_dir: str) -> str:
     return _save(fig, out_dir, "weight_spectra.png")
 
 
+KIND_COLORS = {"keys": "tab:blue", "values": "tab:orange", "keys+values": "tab:green"}
+
+
 def variance_vs_perplexity(r: dict, out_dir: str) -> str | None:
-    """Perplexity increase of PCA at k(f) against f, the variance kept, and against the mean rank."""
+    """Perplexity increase of PCA at k(f) against f, the variance kept, and against the mean rank. Colour: what is
+    compressed; marker: where and on how many tokens (a line joins the points of one series)."""
     q = r.get("quality")
     rows = [x for x in (q or {}).get("rows", []) if not x["kind"].startswith("attention weights")]
     if not rows:
         return None
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(15, 5))
     groups: dict[tuple, list] = {}
     for x in rows:
-        groups.setdefault((x["kind"], x["scope"], x["quality"]["tokens_scored"]), []).append(x)
-    markers = iter("osD^v<>ph*")
-    for (kind, scope, tokens), xs in sorted(groups.items()):
+        groups.setdefault((x["scope"] != "all layers", x["scope"], x["quality"]["tokens_scored"], x["kind"]),
+                          []).append(x)
+    single = iter("^vDPX*hp<>" * 3)
+    markers = {}
+    for (one_layer, scope, tokens, kind), xs in sorted(groups.items()):
         xs = sorted(xs, key=lambda x: x["fraction"])
-        label = f"{kind}, {scope} ({tokens:,} tokens)"
+        if one_layer:
+            marker = markers.setdefault(scope, next(single))
+        else:
+            marker = "o" if tokens < max(g[2] for g in groups) else "s"
+        style = dict(marker=marker, color=KIND_COLORS.get(kind, "grey"), ls="-" if len(xs) > 1 else "none",
+                     ms=7 if marker != "s" else 9, label=f"{kind}, {scope} ({tokens:,} tokens)")
         inc = [x["quality"]["ppl_increase_pct"] for x in xs]
-        mk = next(markers, "o")
-        a.plot([100 * x["fraction"] for x in xs], inc, marker=mk, label=label)
-        mean_k = [_mean_rank(x) for x in xs]
-        b.plot(mean_k, inc, marker=mk, label=label)
+        a.plot([100 * x["fraction"] for x in xs], inc, **style)
+        b.plot([_mean_rank(x) for x in xs], inc, **style)
     for ax in (a, b):
         ax.set_yscale("symlog", linthresh=1.0)
         ax.set_ylabel("perplexity increase over the original (%)")
@@ -154,11 +164,15 @@ def variance_vs_perplexity(r: dict, out_dir: str) -> str | None:
         ax.grid(alpha=0.3, which="both")
     a.set_xlabel("variance kept per compressed layer (% of the calibration variance)")
     b.set_xlabel("rank k per compressed layer (mean over compressed tensors)")
-    a.legend(fontsize=7)
-    fig.suptitle(f"Variance is not quality: PCA at k for a variance fraction vs the perplexity it gives\n"
-                 f"{_source(r)}; perplexity on {os.path.basename(q['eval_file'])}, windows of {q['window']}",
+    handles, labels = a.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+    fig.suptitle(f"Variance is not quality: PCA at k for a variance fraction vs the perplexity it gives\n{_source(r)}\n"
+                 f"perplexity on {os.path.basename(q['eval_file'])}, windows of {q['window']} after the sink",
                  fontsize=10)
-    return _save(fig, out_dir, "variance_vs_perplexity.png")
+    fig.tight_layout(rect=(0, 0, 0.78, 0.9))
+    fig.savefig(os.path.join(out_dir, "variance_vs_perplexity.png"), dpi=110)
+    plt.close(fig)
+    return "variance_vs_perplexity.png"
 
 
 def _mean_rank(x: dict) -> float:
