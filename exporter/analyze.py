@@ -45,7 +45,6 @@ TAP_TITLES = {"hidden": "residual stream (hidden states)", "query_pre": "queries
 VARIANTS = ("raw", "no_pos0", "no_sinks", "standardized")
 VARIANT_TITLES = {"raw": "raw (sink included)", "no_pos0": "position 0 excluded",
                   "no_sinks": "sink tokens excluded", "standardized": "standardised per dim"}
-PLOT_VARIANTS = ("raw", "no_sinks", "standardized")
 
 
 @dataclass
@@ -77,20 +76,38 @@ class AnalyzeOptions:
     batch_sizes: tuple = estimate.BATCH_SIZES
     build_dir: str = "build"
     cache: bool = True
-    threads: int = 0                      # 0: auto, from the load average (see pick_threads)
+    threads: int = 0                      # 0: auto, the cores other work leaves free (see pick_threads)
     time_budget: float = 540.0            # seconds from the start; perplexity rows that would overrun are skipped
     trust_remote_code: bool = False
     command: str = ""
 
 
-def pick_threads(requested: int) -> int:
-    """Torch threads for this run. Auto (0): the cores the load average leaves free, at least one. On a shared
+def busy_cores(interval: float = 1.0) -> float:
+    """How many cores other processes keep busy now: /proc/stat sampled over `interval` seconds (the load
+    average lags by minutes); the 1-minute load average where /proc/stat is missing."""
+    def sample():
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)                  # idle + iowait
+        return sum(fields), idle
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0]
+    cores = os.cpu_count() or 1
+    return cores * (1 - (idle1 - idle0) / max(total1 - total0, 1))
+
+
+def pick_threads(requested: int, busy: float) -> int:
+    """Torch threads for this run. Auto (0): the cores other processes leave free, at least one. On a shared
     2-core machine, two threads contending with another busy process ran the decoder several times slower than
     one in development runs, so a busy machine gets one thread."""
     if requested > 0:
         return requested
     cores = os.cpu_count() or 1
-    return max(1, min(cores, cores - round(os.getloadavg()[0])))
+    return max(1, min(cores, cores - round(busy)))
 
 
 @contextmanager
@@ -650,8 +667,9 @@ def md_overview(r: dict) -> list[str]:
             f"`{os.path.basename(t['file'])}`: {t['tokens']:,} tokens in {t['windows']} windows of {t['window']}, "
             f"each after the sink token {t['sink_token']!r} at position 0 (statistics {cached}).", "",
             f"Command: `{r['command']}`. Wall time {r['timings_s']['total']:.0f} s ({stages}); peak resident memory "
-            f"{r['peak_rss_gib']:.2f} GiB (CPU, {mach['threads']} of {mach['cores']} cores; load average "
-            f"{mach['load_average_at_start']:.1f} at the start). Spectrum part alone (capture, eigenvalues, weight "
+            f"{r['peak_rss_gib']:.2f} GiB (CPU, {mach['threads']} of {mach['cores']} cores; at the start "
+            f"{mach['busy_cores_at_start']:.1f} cores busy with other work, load average "
+            f"{mach['load_average_at_start']:.1f}). Spectrum part alone (capture, eigenvalues, weight "
             f"SVDs): {r['spectrum_stage']['seconds']:.0f} s, peak {r['spectrum_stage']['peak_rss_gib']:.2f} GiB, "
             "no GPU.", ""]
 
@@ -927,11 +945,11 @@ def run(o: AnalyzeOptions) -> str:
     from . import plots
     check_options(o)
     start, timings = time.time(), {}
-    load_at_start = os.getloadavg()[0]
-    threads = pick_threads(o.threads)
+    load_at_start, busy = os.getloadavg()[0], busy_cores()
+    threads = pick_threads(o.threads, busy)
     torch.set_num_threads(threads)
-    print(f"using {threads} torch thread(s) (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)",
-          flush=True)
+    print(f"using {threads} torch thread(s): {busy:.1f} of {os.cpu_count()} cores busy with other work "
+          f"(load average {load_at_start:.1f})", flush=True)
 
     def stage(name, t0):
         timings[name] = time.time() - t0
@@ -974,7 +992,8 @@ def run(o: AnalyzeOptions) -> str:
               "text": {**info, "windows": len(windows), "sink_token": sink_token, "sink_token_id": sink_id},
               "activations": acts, "weights": weights, "quality": quality, "memory": mem_js,
               "spectrum_stage": spectrum_stage,
-              "machine": {"cores": os.cpu_count(), "threads": threads, "load_average_at_start": load_at_start}}
+              "machine": {"cores": os.cpu_count(), "threads": threads, "load_average_at_start": load_at_start,
+                          "busy_cores_at_start": busy}}
     result["plots"] = plots.write_all(result, eigs, sigmas, tmp)
     save_eigenvalues(os.path.join(tmp, "eigenvalues.npz"), eigs, sigmas)
     t0 = stage("plots", t0)
@@ -1043,7 +1062,7 @@ def parse_args(argv) -> AnalyzeOptions:
     p.add_argument("--time-budget", type=float, default=d.time_budget,
                    help="seconds from the start; perplexity rows that would overrun it are skipped (0: no limit)")
     p.add_argument("--threads", type=int, default=d.threads,
-                   help="torch threads (0: auto, the cores the load average leaves free, at least 1)")
+                   help="torch threads (0: auto, the cores other processes leave free, at least 1)")
     p.add_argument("--trust-remote-code", action="store_true")
     a = p.parse_args(argv)
     return AnalyzeOptions(model=a.model or None, text=a.text or d.text, out=a.out, eval=a.eval,
