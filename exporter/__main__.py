@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import UserError
+from .errors import cli_exit
 from .pipeline import DEFAULT_KEY_MODE, ExportOptions, run_export
 
 
@@ -29,12 +29,7 @@ def main(argv=None) -> int:
                          key_mode=a.key_mode, calib=a.calib or d.calib, calib_tokens=a.calib_tokens,
                          window=a.window, seed=a.seed, out=a.out, projectors=a.projectors, sink=a.sink,
                          trust_remote_code=a.trust_remote_code)
-    try:
-        run_export(opts)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli_exit(run_export, opts)
 
 
 if __name__ == "__main__":

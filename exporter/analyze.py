@@ -29,7 +29,7 @@ from graphs.contract import kv_bytes_per_token
 from . import spectrum as S
 from .calibrate import capture
 from .config import DecoderConfig, from_hf
-from .errors import UserError
+from .errors import UserError, cli_exit
 from .fit import MIN_CALIB_TOKENS, fit_pca
 from .fold import attention_weights, build_decoder
 from .load import load
@@ -1080,12 +1080,7 @@ def parse_args(argv) -> AnalyzeOptions:
 
 
 def main(argv=None) -> int:
-    try:
-        run(parse_args(argv))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli_exit(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -3,3 +3,14 @@
 
 class UserError(ValueError):
     """Bad input from the user. The message is one line and names the fix."""
+
+
+def cli_exit(job, *args) -> int:
+    """Run a CLI's job: a UserError becomes one line on stderr and exit status 2; success is 0."""
+    import sys
+    try:
+        job(*args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
