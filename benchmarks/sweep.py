@@ -26,10 +26,8 @@ from exporter.text import DEFAULT_EVAL, token_windows
 from graphs.contract import CacheLayout, CacheShape, kv_bytes_per_token
 from graphs.metadata import load_metadata
 from validate.ort_model import OrtModel
-from validate.parity import check_parity
+from validate.parity import check_parity, parity_prompts
 from validate.quality import hf_logits, measure
-
-from validate.__main__ import parity_prompts
 
 
 def decode_speed(export: str, prompt: list[int], runs: int = 3, new_tokens: int = 64) -> float:

@@ -120,14 +120,15 @@ def run_export(o: ExportOptions, loaded=None) -> str:
     decoder = build_decoder(hf, proj) if proj is not None else full_decoder
     ranks = proj.ranks() if proj else {"key": [None] * cfg.num_layers, "value": [None] * cfg.num_layers}
     mode = proj.key_mode if proj else "full"
+    stops = stop_tokens(tok, hf.config)
     meta = ExportMetadata(
         model={"source": loaded.source, "name": loaded.name, "fingerprint": fingerprint, **cfg.to_json()},
         layout=layout_of(decoder), key_mode=mode, ranks=ranks,
         sink={"token_id": sink, "token": tok.convert_ids_to_tokens(sink) if sink is not None else None,
               "handling": "constant prefix at position 0; its key and value directions are in every basis"
               if proj else "constant prefix at position 0"},
-        eos_token_ids=stop_tokens(tok, hf.config),
-        pad_token_id=int(tok.pad_token_id if tok.pad_token_id is not None else (stop_tokens(tok, hf.config) or [0])[0]),
+        eos_token_ids=stops,
+        pad_token_id=int(tok.pad_token_id if tok.pad_token_id is not None else (stops or [0])[0]),
         opset=OPSET, calibration=proj.info.get("calibration") if proj else None, chat=chat_wrapper(tok),
         exporter=f"torch {torch.__version__} torch.onnx.export(dynamo=False)",
         extra={"seed": o.seed, "projector_method": proj.info.get("method") if proj else None})

@@ -11,18 +11,11 @@ from exporter.text import DEFAULT_EVAL, token_windows
 from graphs.contract import CacheLayout, CacheShape, kv_bytes_per_token
 from graphs.metadata import ExportError, load_metadata
 from .ort_model import OrtModel
-from .parity import check_parity
+from .parity import check_parity, parity_prompts
 from .quality import measure
 from .reference import load_references
 from .report import write_reports
 from .tolerances import GREEDY_STEPS
-
-
-def parity_prompts(tokenizer, sink: int | None, length: int, eval_file: str) -> list[list[int]]:
-    """Two prompts from the text (not the scored windows' order), the second shorter so the batch is padded."""
-    ids = tokenizer(open(eval_file, encoding="utf-8").read()[:200_000], add_special_tokens=False)["input_ids"]
-    prefix = [] if sink is None else [sink]
-    return [prefix + ids[-length:], prefix + ids[-2 * length:-length][: max(2, length * 3 // 4)]]
 
 
 def ranks_summary(ranks: list) -> str:

@@ -33,6 +33,13 @@ class ParityResult:
         return {**asdict(self), "passed": self.passed}
 
 
+def parity_prompts(tokenizer, sink: int | None, length: int, eval_file: str) -> list[list[int]]:
+    """Two prompts from the text (not the scored windows' order), the second shorter so the batch is padded."""
+    ids = tokenizer(open(eval_file, encoding="utf-8").read()[:200_000], add_special_tokens=False)["input_ids"]
+    prefix = [] if sink is None else [sink]
+    return [prefix + ids[-length:], prefix + ids[-2 * length:-length][: max(2, length * 3 // 4)]]
+
+
 def check_parity(reference, ort_model, prompts: list[list[int]], pad_id: int,
                  steps: int = GREEDY_STEPS, rtol: float = LOGIT_RTOL) -> ParityResult:
     """Run both sides on the same left-padded batch: prefill, then `steps` greedy steps in which each side
