@@ -16,6 +16,8 @@ K_VALUE   ?=
 KEY_MODE  ?= pre-rope
 CALIB     ?=
 SEED      ?= 0
+DTYPE     ?= float32
+CACHE     ?= concat
 EXPORT    ?= build/latest
 PROMPT    ?= The capital of France is
 CHAT      ?=
@@ -23,15 +25,17 @@ MAX_NEW_TOKENS ?= 64
 PYTEST_ARGS ?=
 TEXT      ?=
 
-.PHONY: setup optimum-setup export validate generate analyze interop test clean help
+.PHONY: setup optimum-setup export validate generate analyze interop test clean help bench-runtime
 
 help:
 	@echo "make export [MODEL=id|dir|file.gguf] [K=128|full] [K_KEY=] [K_VALUE=] [KEY_MODE=pre-rope|post-rope] [CALIB=file] [SEED=0]"
+	@echo "            [DTYPE=float32|float16] [CACHE=concat|shared-buffer]"
 	@echo "make validate [EXPORT=build/latest]      parity vs PyTorch + cost of compression -> EXPORT/report.md"
 	@echo "make generate PROMPT='...' [CHAT=1]       generation with ONNX Runtime only"
 	@echo "make analyze [MODEL=] [TEXT=file]        spectra, robust Df, weight spectra, memory table -> build/analyze-<model>/"
 	@echo "make interop [EXPORT=dir]                 onnxruntime-genai vs our runtime (default: SmolLM2 full, K=128 both modes)"
 	@echo "make test                                 the test suite (tiny models, a few minutes)"
+	@echo "make bench-runtime [BENCH_ARGS=...]       ours vs onnxruntime-genai, HF, optimum (TTFT, tok/s, RSS) -> build/bench-runtime.md"
 
 setup: $(STAMP)
 
@@ -54,7 +58,7 @@ $(OPT_STAMP): Makefile
 export: setup
 	$(PYTHON) -m exporter $(if $(MODEL),--model "$(MODEL)") --k "$(K)" $(if $(K_KEY),--k-key "$(K_KEY)") \
 		$(if $(K_VALUE),--k-value "$(K_VALUE)") --key-mode "$(KEY_MODE)" $(if $(CALIB),--calib "$(CALIB)") \
-		--seed "$(SEED)"
+		--seed "$(SEED)" --dtype "$(DTYPE)" --cache "$(CACHE)"
 
 validate: setup
 	$(PYTHON) -m validate --export "$(EXPORT)" $(VALIDATE_ARGS)
@@ -71,6 +75,9 @@ interop: setup
 
 test: setup optimum-setup
 	$(PYTHON) -m pytest -q tests $(PYTEST_ARGS)
+
+bench-runtime: setup optimum-setup
+	$(PYTHON) -m benchmarks.runtime_bench $(BENCH_ARGS)
 
 clean:
 	rm -rf build/smollm2-* build/latest build/calib build/analyze-* build/sweep-*

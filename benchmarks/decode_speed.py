@@ -1,13 +1,18 @@
-"""Decode speed of our runtime on exports: one fresh process per measurement, median and range of 3.
+"""Our runtime's speed under its knobs: one fresh process per measurement, median and range of 3.
 
-    python -m benchmarks.decode_speed [--prompt-tokens 128] [--new-tokens 64] EXPORT [EXPORT ...]
+    python -m benchmarks.decode_speed [--prompt-tokens 128] [--new-tokens 64] [--optimization all]
+        [--threads 0] [--prefill-chunk 256] EXPORT [EXPORT ...]
 
+--optimization, --threads and --prefill-chunk take comma-separated lists; every combination is measured, so
+this is how the runtime's defaults (graph optimisation level, intra-op threads, prefill chunk) are chosen.
 The prompt is the first tokens of WikiText-2 test (the sink included in the count); greedy; CPU provider.
-Prints a markdown table: prefill seconds and decode tokens/s per export, and the KV bytes per token.
+Prints a markdown table: prefill (= time to first token) seconds, decode tokens/s, peak RSS of the process.
+The peers are measured by benchmarks.runtime_bench (make bench-runtime).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -15,29 +20,39 @@ import sys
 
 CHILD = r"""
 import json, sys
-from tokenizers import Tokenizer
 from runtime import Generator
 from exporter.text import DEFAULT_EVAL
-export, n_prompt, n_new = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-gen = Generator(export)
-ids = gen.tokenizer.encode(open(DEFAULT_EVAL, encoding="utf-8").read()[:100000], add_special_tokens=False).ids
-prompt = ids[:n_prompt - (gen.metadata.sink.get("token_id") is not None)]
-r = gen.generate([prompt], max_new_tokens=n_new, stop_token_ids=[])
+export, n_prompt, n_new, opt, threads, chunk = sys.argv[1:7]
+gen = Generator(export, provider="cpu", optimization=opt, intra_op_threads=int(threads), prefill_chunk=int(chunk))
+ids = gen.tokenizer.encode(open(DEFAULT_EVAL, encoding="utf-8").read()[:300000], add_special_tokens=False).ids
+prompt = ids[:int(n_prompt) - (gen.metadata.sink.get("token_id") is not None)]
+r = gen.generate([prompt], max_new_tokens=int(n_new), stop_token_ids=[])
+peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 2 ** 20
 print(json.dumps({"prefill_s": r.timings.prefill_s, "decode_tok_s": r.timings.decode_tokens_per_s,
-                  "kv_bytes_per_token": gen.metadata.kv_bytes_per_token}))
+                  "peak_rss_gib": peak, "kv_bytes_per_token": gen.metadata.kv_bytes_per_token}))
 """
+FIGURES = ("prefill_s", "decode_tok_s", "peak_rss_gib")
 
 
-def measure(export: str, prompt_tokens: int, new_tokens: int, runs: int = 3) -> dict:
+def measure(export: str, prompt_tokens: int, new_tokens: int, optimization: str = "all", threads: int = 0,
+            chunk: int = 256, runs: int = 3) -> dict:
+    """Median and (min, max) of each figure over `runs` fresh processes."""
     results = []
     for _ in range(runs):
-        out = subprocess.run([sys.executable, "-c", CHILD, export, str(prompt_tokens), str(new_tokens)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, "-c", CHILD, export, str(prompt_tokens), str(new_tokens),
+                              optimization, str(threads), str(chunk)], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"measuring {export} failed:\n{out.stderr[-2000:]}")
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     pick = lambda k: [r[k] for r in results]
-    return {"export": export, "kv_bytes_per_token": results[0]["kv_bytes_per_token"],
-            **{k: statistics.median(pick(k)) for k in ("prefill_s", "decode_tok_s")},
-            **{k + "_range": (min(pick(k)), max(pick(k))) for k in ("prefill_s", "decode_tok_s")}}
+    return {"kv_bytes_per_token": results[0]["kv_bytes_per_token"],
+            **{k: statistics.median(pick(k)) for k in FIGURES},
+            **{k + "_range": (min(pick(k)), max(pick(k))) for k in FIGURES}}
+
+
+def _cell(r: dict, key: str, fmt: str) -> str:
+    lo, hi = r[key + "_range"]
+    return f"{r[key]:{fmt}} ({lo:{fmt}}–{hi:{fmt}})"
 
 
 def main(argv=None) -> int:
@@ -46,14 +61,19 @@ def main(argv=None) -> int:
     p.add_argument("exports", nargs="+")
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--optimization", default="all", help="comma list of disable,basic,extended,all")
+    p.add_argument("--threads", default="0", help="comma list of intra-op thread counts (0 = onnxruntime's)")
+    p.add_argument("--prefill-chunk", default="256", help="comma list of prefill chunk sizes (0 = whole prompt)")
+    p.add_argument("--runs", type=int, default=3)
     a = p.parse_args(argv)
-    print(f"| export | KV B/token | prefill s ({a.prompt_tokens} tokens) | decode tok/s ({a.new_tokens} tokens) |")
-    print("| --- | --- | --- | --- |")
-    for e in a.exports:
-        r = measure(e, a.prompt_tokens, a.new_tokens)
-        print(f"| {e} | {r['kv_bytes_per_token']} | {r['prefill_s']:.3f} ({r['prefill_s_range'][0]:.3f}–"
-              f"{r['prefill_s_range'][1]:.3f}) | {r['decode_tok_s']:.1f} ({r['decode_tok_s_range'][0]:.1f}–"
-              f"{r['decode_tok_s_range'][1]:.1f}) |", flush=True)
+    print(f"Prompt {a.prompt_tokens} tokens, {a.new_tokens} new tokens, median (range) of {a.runs} processes.\n")
+    print("| export | KV B/token | optimization | threads | prefill chunk | prefill s | decode tok/s | peak RSS GiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for e, opt, threads, chunk in itertools.product(a.exports, a.optimization.split(","),
+                                                    a.threads.split(","), a.prefill_chunk.split(",")):
+        r = measure(e, a.prompt_tokens, a.new_tokens, opt, int(threads), int(chunk), a.runs)
+        print(f"| {e} | {r['kv_bytes_per_token']} | {opt} | {threads} | {chunk} | {_cell(r, 'prefill_s', '.3f')} | "
+              f"{_cell(r, 'decode_tok_s', '.1f')} | {_cell(r, 'peak_rss_gib', '.2f')} |", flush=True)
     return 0
 
 

@@ -23,12 +23,19 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="export directory (default build/<model>-k<K>-<mode>)")
     p.add_argument("--projectors", default=None, help="use this projector file instead of fitting PCA")
     p.add_argument("--sink", default="auto", help="sink token at position 0: auto | none | TOKEN | ID")
+    p.add_argument("--dtype", default=d.dtype, choices=("float32", "float16"),
+                   help="float16: weights, activations and KV cache in float16, norms/RoPE/softmax in float32 "
+                        "(for GPUs; onnxruntime's CPU kernels run it, slowly)")
+    p.add_argument("--cache", default=d.cache, choices=("concat", "shared-buffer"),
+                   help="shared-buffer: attention through onnxruntime's GroupQueryAttention, cache updated in "
+                        "place in a max-length buffer (full or post-rope, K_KEY == K_VALUE; no left padding)")
     p.add_argument("--trust-remote-code", action="store_true")
     a = p.parse_args(argv)
     opts = ExportOptions(model=a.model or None, k=a.k, k_key=a.k_key or None, k_value=a.k_value or None,
                          key_mode=a.key_mode, calib=a.calib or d.calib, calib_tokens=a.calib_tokens,
                          window=a.window, seed=a.seed, out=a.out, projectors=a.projectors, sink=a.sink,
-                         trust_remote_code=a.trust_remote_code)
+                         trust_remote_code=a.trust_remote_code, dtype=a.dtype,
+                         cache=a.cache)
     return cli_exit(run_export, opts)
 
 

@@ -17,6 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .errors import UserError
+from .fused import group_query_attention
+
 KEY_MODES = ("pre-rope", "post-rope")
 
 
@@ -35,6 +38,16 @@ def grouped_matmul(a: torch.Tensor, b: torch.Tensor, groups: int) -> torch.Tenso
     B, H, T, x = a.shape
     out = a.reshape(B, groups, (H // groups) * T, x) @ b   # (B, G, H/G*T, y)
     return out.reshape(B, H, T, out.shape[-1])
+
+
+def _packed(*linears: nn.Linear) -> nn.Linear:
+    """One Linear computing several side by side (outputs concatenated); missing biases become zeros."""
+    packed = nn.Linear(linears[0].in_features, sum(l.out_features for l in linears))
+    with torch.no_grad():
+        packed.weight.copy_(torch.cat([l.weight for l in linears]))
+        packed.bias.copy_(torch.cat([l.bias if l.bias is not None else torch.zeros(l.out_features)
+                                     for l in linears]))
+    return packed
 
 
 class Attention(nn.Module):
@@ -61,21 +74,43 @@ class Attention(nn.Module):
             self.register_buffer("query_basis", torch.zeros(H, d, key_rank))  # basis_g(h): q_h -> k-space
         if self.key_mode == "pre-rope":
             self.key_decode = nn.Linear(key_rank, G * d)                      # k = basis c + mean
+        self.fused = False  # True: the fused GroupQueryAttention op with a shared-buffer cache (exporter/fused.py)
+
+    def use_fused(self) -> None:
+        """Export this layer through GroupQueryAttention; refuses the settings the op cannot run."""
+        if self.key_mode == "pre-rope":
+            raise UserError("CACHE=shared-buffer cannot rebuild pre-RoPE keys inside the fused op: "
+                            "use KEY_MODE=post-rope or CACHE=concat")
+        if (self.key_rank is None) != (self.value_rank is None) or self.key_rank != self.value_rank:
+            raise UserError("CACHE=shared-buffer needs keys and values of one size (K_KEY == K_VALUE, both "
+                            "compressed or both full): change the ranks or use CACHE=concat")
+        if self.key_rank is not None and self.key_rank % 8:
+            raise UserError(f"CACHE=shared-buffer needs K a multiple of 8 (onnxruntime's kernel), got "
+                            f"{self.key_rank}: pick K={self.key_rank + 8 - self.key_rank % 8} or CACHE=concat")
+        self.qkv_proj = _packed(self.q_proj, self.k_proj, self.v_proj)   # one MatMul instead of three
+        self.fused = True
 
     def forward(self, x, rope_new, rope_all, mask, past_k, past_v):
         """x (B, T, D); rope_* (cos, sin) for the new tokens / all S tokens or None; mask (B, 1, T, S) additive;
         past_k, past_v (B, kvh, P, size). Returns y (B, T, D), present_k, present_v (B, kvh, S, size)."""
+        if self.fused:                  # mask is (seqlens_k, total) here, rope_all the op's cos/sin tables
+            return self._fused(x, rope_new, rope_all, mask, past_k, past_v)
+        B, T, _ = x.shape
+        q = self._queries(x, rope_new)                                      # (B, H, T, d)
+        scores, present_k = self._scores(x, q, rope_new, rope_all, past_k)  # (B, H, T, S)
+        probs = torch.softmax(scores * self.scale + mask, dim=-1)
+        out, present_v = self._mix(x, probs, past_v)                        # (B, H, T, d or r)
+        y = self.o_proj(out.transpose(1, 2).reshape(B, T, -1))              # (B, T, D)
+        return y, present_k, present_v
+
+    def _queries(self, x, rope_new):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.H, self.d).transpose(1, 2)       # (B, H, T, d)
         self._tap("query_pre", q)
         if rope_new is not None:
             q = apply_rope(q, *rope_new)
         self._tap("query_post", q)
-        scores, present_k = self._scores(x, q, rope_new, rope_all, past_k)  # (B, H, T, S)
-        probs = torch.softmax(scores * self.scale + mask, dim=-1)
-        out, present_v = self._mix(x, probs, past_v)                        # (B, H, T, d or r)
-        y = self.o_proj(out.transpose(1, 2).reshape(B, T, -1))              # (B, T, D)
-        return y, present_k, present_v
+        return q
 
     def _scores(self, x, q, rope_new, rope_all, past_k):
         B, T, _ = x.shape
@@ -99,6 +134,27 @@ class Attention(nn.Module):
         present = torch.cat([past_k, c], dim=2)                              # (B, 1, S, r)
         q_latent = q @ self.query_basis                                      # (B, H, T, r)
         return q_latent @ present.transpose(-1, -2), present                 # (B, H, T, S)
+
+    def _fused(self, x, rope_new, rope_tables, lengths, past_k, past_v):
+        """Full or k-space attention through GroupQueryAttention: (G heads of d) or (1 head of r)."""
+        B, T, _ = x.shape
+        sizes = [self.q_proj.out_features, self.k_proj.out_features, self.v_proj.out_features]
+        q, k, v = self.qkv_proj(x).split(sizes, dim=-1)                      # (B, T, H*d), (B, T, G*d), v
+        if self.key_mode == "full":     # the op rotates q and k itself from the tables (None: no RoPE)
+            return self._group_query(q, k, v, past_k, past_v, lengths, self.G, rope_tables)
+        # k-space, one KV head of r: RoPE must come before the projection, so it stays in the graph
+        q = q.view(B, T, self.H, self.d).transpose(1, 2)                     # (B, H, T, d)
+        k = k.view(B, T, self.G, self.d).transpose(1, 2)                     # (B, G, T, d)
+        if rope_new is not None:
+            q, k = apply_rope(q, *rope_new), apply_rope(k, *rope_new)
+        k = self.key_encode(k.transpose(1, 2).reshape(B, T, -1))             # (B, T, r)
+        q = (q @ self.query_basis).transpose(1, 2).reshape(B, T, -1)         # (B, T, H*r)
+        return self._group_query(q, k, v, past_k, past_v, lengths, 1, None)
+
+    def _group_query(self, q, k, v, past_k, past_v, lengths, kv_heads, rope_tables):
+        out, present_k, present_v = group_query_attention(q, k, v, past_k, past_v, lengths, self.H, kv_heads,
+                                                          self.scale, rope_tables)       # (B, T, H*s)
+        return self.o_proj(out), present_k, present_v                        # (B, T, D)
 
     def _mix(self, x, probs, past_v):
         B, T, _ = x.shape

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from .attention import Attention
 from .config import DecoderConfig
+from .fused import sequence_lengths
 
 
 class RMSNorm(nn.Module):
@@ -75,6 +76,16 @@ def causal_padding_mask(attention_mask: torch.Tensor, T: int, dtype) -> torch.Te
     return torch.zeros((), dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
+def last_positions(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """The last n positions of x (B, T, D); n <= 0 keeps all T. n stays a graph input (the tracer would
+    freeze a tensor used as a slice bound or arange start, hence the comparison), so the LM head multiplies
+    n rows, not T: at a 4k-token prefill that is most of its cost."""
+    positions = torch.arange(x.shape[1], device=x.device)                       # (T,)
+    start = torch.where(n > 0, x.shape[1] - n, torch.zeros_like(n))             # ()
+    rows = torch.nonzero(positions >= start).squeeze(1)                          # (n,)
+    return x.index_select(1, rows)                                               # (B, n, D)
+
+
 class Rope(nn.Module):
     """cos/sin tables computed in the graph from positions (no max-length table baked into the model)."""
 
@@ -82,6 +93,12 @@ class Rope(nn.Module):
         super().__init__()
         self.register_buffer("inv_freq", inv_freq.float().clone())
         self.scaling = float(scaling)
+
+    def tables(self, max_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (max_positions, d/2) for positions 0..max_positions-1: the layout GroupQueryAttention takes.
+        Computed in float32 exactly as forward() computes them, so both variants rotate by the same angles."""
+        freqs = torch.arange(max_positions).float()[:, None] * self.inv_freq                # (P, d/2)
+        return freqs.cos() * self.scaling, freqs.sin() * self.scaling
 
     def forward(self, positions: torch.Tensor):
         """positions (B, T) int64 -> cos, sin (B, 1, T, d)."""
@@ -121,25 +138,48 @@ class Decoder(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps) if cfg.family == "llama" else \
             nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
         self.needs_all_positions = any(b.attn.key_mode == "pre-rope" for b in self.blocks)
+        self.fused = False
 
-    def forward(self, input_ids, attention_mask, position_ids, *past):
-        """input_ids (B, T), attention_mask (B, S), position_ids (B, T), past: 2 per layer (B, kvh, P, size)."""
+    def use_fused_attention(self) -> "Decoder":
+        """Every layer through onnxruntime's GroupQueryAttention: the shared-buffer cache variant."""
+        for b in self.blocks:
+            b.attn.use_fused()
+        self.fused = True
+        if self.rope is not None:       # the op's own RoPE tables for uncompressed layers (exporter/fused.py)
+            cos, sin = self.rope.tables(self.cfg.max_positions)
+            self.register_buffer("rope_cos_table", cos)                              # (P, d/2)
+            self.register_buffer("rope_sin_table", sin)                              # (P, d/2)
+        return self
+
+    def forward(self, input_ids, attention_mask, position_ids, *past, logits_to_keep=None):
+        """input_ids (B, T), attention_mask (B, S), position_ids (B, T), past: 2 per layer (B, kvh, P, size).
+
+        logits_to_keep: int64 scalar tensor n; n > 0 returns the logits of the last n positions only
+        (generation needs one), 0 or None all T (perplexity needs them).
+        """
         T = input_ids.shape[1]
         x = self.embeddings.embed(input_ids)                                         # (B, T, D)
         if self.pos_embed is not None:
             x = x + self.pos_embed(position_ids)
-        mask = causal_padding_mask(attention_mask, T, x.dtype)                       # (B, 1, T, S)
+        if self.fused:   # GroupQueryAttention masks itself from the sequence lengths (no left padding)
+            mask = sequence_lengths(attention_mask)                                  # (B,), ()
+        else:
+            mask = causal_padding_mask(attention_mask, T, x.dtype)                   # (B, 1, T, S)
         rope_new = rope_all = None
         if self.rope is not None:
             rope_new = self.rope(position_ids)
-            if self.needs_all_positions:   # pre-rope layers rotate every cached key: positions from the mask
+            if self.fused:                 # fused uncompressed layers rotate inside the op, from tables
+                rope_all = (self.rope_cos_table, self.rope_sin_table, position_ids)
+            elif self.needs_all_positions:  # pre-rope layers rotate every cached key: positions from the mask
                 rope_all = self.rope((attention_mask.cumsum(-1) - 1).clamp(min=0))
         presents = []
         for i, block in enumerate(self.blocks):
             self._tap_hidden(block, x)
             x, k, v = block(x, rope_new, rope_all, mask, past[2 * i], past[2 * i + 1])
             presents += [k, v]
-        logits = self.embeddings.logits(self.norm(x))                                # (B, T, V)
+        if logits_to_keep is not None:
+            x = last_positions(x, logits_to_keep)                                   # (B, n, D)
+        logits = self.embeddings.logits(self.norm(x))                                # (B, n, V)
         return (logits, *presents)
 
     @staticmethod

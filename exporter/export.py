@@ -9,6 +9,7 @@ import os
 import shutil
 import warnings
 
+import numpy
 import onnx
 import torch
 from tqdm.auto import tqdm
@@ -17,7 +18,8 @@ from graphs import contract as C
 from graphs.checks import check_contract, check_model
 from graphs.genai import write_genai_config
 from graphs.metadata import METADATA_FILE, MODEL_FILE, TOKENIZER_FILE, ExportMetadata
-from graphs.passes import clamp_ir_version, set_metadata_props, strip_doc_strings
+from graphs.passes import (clamp_ir_version, make_input_optional, set_metadata_props, strip_doc_strings,
+                           to_float16)
 
 OPSET = 17
 TWO_GB = 2 * 1024 ** 3
@@ -40,14 +42,28 @@ def _example_inputs(decoder, layout: C.CacheLayout, batch=2, new=3, past=2):
     pos = torch.arange(past, past + new)[None].expand(batch, new).contiguous()
     caches = [torch.randn(batch, layout.shape(i, kind).kv_heads, past, layout.shape(i, kind).head_size,
                           generator=g) for i, kind, _, _ in layout.names()]
-    return (ids, mask, pos, *caches)
+    return (ids, mask, pos, *caches, torch.tensor(1))   # the last one is logits_to_keep
+
+
+class _Traced(torch.nn.Module):
+    """The decoder with logits_to_keep as its last positional input: the tracer cannot pass a keyword
+    after the decoder's *past, and the graph inputs follow the positional order of the contract."""
+
+    def __init__(self, decoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, input_ids, attention_mask, position_ids, *past_and_keep):
+        *past, logits_to_keep = past_and_keep
+        return self.decoder(input_ids, attention_mask, position_ids, *past, logits_to_keep=logits_to_keep)
 
 
 def _io_names(layout: C.CacheLayout):
-    inputs = [C.INPUT_IDS, C.ATTENTION_MASK, C.POSITION_IDS] + [p for _, _, p, _ in layout.names()]
+    inputs = [C.INPUT_IDS, C.ATTENTION_MASK, C.POSITION_IDS] + [p for _, _, p, _ in layout.names()] + \
+        [C.LOGITS_TO_KEEP]
     outputs = [C.LOGITS] + [q for _, _, _, q in layout.names()]
     axes = {C.INPUT_IDS: {0: "batch", 1: "sequence"}, C.ATTENTION_MASK: {0: "batch", 1: "total_sequence"},
-            C.POSITION_IDS: {0: "batch", 1: "sequence"}, C.LOGITS: {0: "batch", 1: "sequence"}}
+            C.POSITION_IDS: {0: "batch", 1: "sequence"}, C.LOGITS: {0: "batch", 1: "sequence"}}  # n when logits_to_keep > 0
     for _, _, p, q in layout.names():
         axes[p] = {0: "batch", 2: "past_sequence"}
         axes[q] = {0: "batch", 2: "total_sequence"}
@@ -55,18 +71,23 @@ def _io_names(layout: C.CacheLayout):
 
 
 def write_onnx(decoder, layout: C.CacheLayout, path: str, props: dict[str, str]) -> None:
-    """Trace, clean and save model.onnx (external data beside it when over 2 GB), then check it."""
+    """Trace, clean and save model.onnx (external data beside it when over 2 GB), then check it.
+    A float16 layout converts the traced float32 graph (graphs/passes.to_float16; logits stay float32)."""
     steps = tqdm(total=4, desc="exporting", unit="step")
     inputs, outputs, axes = _io_names(layout)
     with torch.no_grad(), warnings.catch_warnings():
         # chosen knowingly (see docs/design.md); the tracer's notes on constants are expected for this graph
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(decoder, _example_inputs(decoder, layout), path, dynamo=False, opset_version=OPSET,
-                          input_names=inputs, output_names=outputs, dynamic_axes=axes, do_constant_folding=True)
+        torch.onnx.export(_Traced(decoder), _example_inputs(decoder, layout), path, dynamo=False, opset_version=OPSET,
+                          input_names=inputs, output_names=outputs, dynamic_axes=axes, do_constant_folding=True,
+                          custom_opsets={"com.microsoft": 1} if getattr(decoder, "fused", False) else None)
     steps.update()
     model = onnx.load(path)
     strip_doc_strings(model)
+    make_input_optional(model, C.LOGITS_TO_KEEP, numpy.array(0, dtype=numpy.int64))
+    if layout.dtype == "float16":
+        model = to_float16(model, keep_float32_io=(C.LOGITS,))
     clamp_ir_version(model)
     set_metadata_props(model, props)
     steps.update()

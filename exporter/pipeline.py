@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from graphs.contract import CACHE_UPDATES, DTYPE_BYTES
 from graphs.metadata import ExportMetadata
 from .config import from_hf
 from .errors import UserError
@@ -36,6 +37,8 @@ class ExportOptions:
     projectors: str | None = None
     sink: str = "auto"
     trust_remote_code: bool = False
+    dtype: str = "float32"          # 'float16': weights, activations and cache in float16 (GPU users)
+    cache: str = "concat"           # 'shared-buffer': fused GroupQueryAttention, in-place cache (contract.py)
 
 
 def sink_token_id(tokenizer, choice: str) -> int | None:
@@ -87,7 +90,8 @@ def default_out(o: ExportOptions, name: str, key_rank, value_rank) -> str:
         tag = f"k{key_rank}-{o.key_mode}"
     else:
         tag = f"k{key_rank or 'full'}v{value_rank or 'full'}-{o.key_mode}"
-    return os.path.join(o.build_dir, f"{name}-{tag}")
+    suffix = ("" if o.dtype == "float32" else "-fp16") + ("" if o.cache == "concat" else "-shared")
+    return os.path.join(o.build_dir, f"{name}-{tag}{suffix}")
 
 
 def run_export(o: ExportOptions, loaded=None) -> str:
@@ -95,6 +99,10 @@ def run_export(o: ExportOptions, loaded=None) -> str:
     when one process exports several settings."""
     if o.key_mode not in ("pre-rope", "post-rope"):
         raise UserError(f"KEY_MODE={o.key_mode!r} is unknown: use pre-rope or post-rope")
+    if o.cache not in CACHE_UPDATES:
+        raise UserError(f"CACHE={o.cache!r} is unknown: use {' or '.join(CACHE_UPDATES)}")
+    if o.dtype not in DTYPE_BYTES:
+        raise UserError(f"DTYPE={o.dtype!r} is unknown: use {' or '.join(DTYPE_BYTES)}")
     torch.manual_seed(o.seed)
     t0 = time.time()
     loaded = loaded or load(o.model, trust_remote_code=o.trust_remote_code)
@@ -118,23 +126,25 @@ def run_export(o: ExportOptions, loaded=None) -> str:
         proj = fit_pca(stats, cfg, per_layer(key_rank, cfg.num_layers), per_layer(value_rank, cfg.num_layers),
                        key_mode, sink, info)
     decoder = build_decoder(hf, proj) if proj is not None else full_decoder
+    if o.cache == "shared-buffer":
+        decoder.use_fused_attention()
     ranks = proj.ranks() if proj else {"key": [None] * cfg.num_layers, "value": [None] * cfg.num_layers}
     mode = proj.key_mode if proj else "full"
     stops = stop_tokens(tok, hf.config)
     meta = ExportMetadata(
         model={"source": loaded.source, "name": loaded.name, "fingerprint": fingerprint, **cfg.to_json()},
-        layout=layout_of(decoder), key_mode=mode, ranks=ranks,
+        layout=layout_of(decoder, o.dtype), key_mode=mode, ranks=ranks,
         sink={"token_id": sink, "token": tok.convert_ids_to_tokens(sink) if sink is not None else None,
               "handling": "constant prefix at position 0; its key and value directions are in every basis"
               if proj else "constant prefix at position 0"},
         eos_token_ids=stops,
         pad_token_id=int(tok.pad_token_id if tok.pad_token_id is not None else (stops or [0])[0]),
         opset=OPSET, calibration=proj.info.get("calibration") if proj else None, chat=chat_wrapper(tok),
-        exporter=f"torch {torch.__version__} torch.onnx.export(dynamo=False)",
+        exporter=f"torch {torch.__version__} torch.onnx.export(dynamo=False)", cache_update=o.cache,
         extra={"seed": o.seed, "projector_method": proj.info.get("method") if proj else None})
     out = default_out(o, loaded.name, key_rank, value_rank)
     save_export(decoder, meta, tok, out, proj)
     point_latest(out, o.build_dir)
     print(f"wrote {out} ({meta.kv_bytes_per_token} KV bytes/token, "
-          f"uncompressed {2 * cfg.num_layers * cfg.kv_dim * 4}) in {time.time() - t0:.0f} s")
+          f"uncompressed {2 * cfg.num_layers * cfg.kv_dim * DTYPE_BYTES[o.dtype]}) in {time.time() - t0:.0f} s")
     return out

@@ -1,12 +1,22 @@
 """The I/O contract of an exported decoder, written once and read by exporter, runtime and validator.
 
 Inputs:  input_ids [batch, seq] int64, attention_mask [batch, past+seq] int64, position_ids [batch, seq] int64,
-         past_key_values.{i}.key / .value  [batch, kv_heads_i, past, head_size_i]
-Outputs: logits [batch, seq, vocab], present.{i}.key / .value [batch, kv_heads_i, past+seq, head_size_i]
+         past_key_values.{i}.key / .value  [batch, kv_heads_i, past, head_size_i],
+         logits_to_keep [] int64, optional (an initializer that is also an input, default 0)
+Outputs: logits [batch, n, vocab] (n = logits_to_keep when > 0, else seq),
+         present.{i}.key / .value [batch, kv_heads_i, past+seq, head_size_i]
 
 An uncompressed tensor has kv_heads = the model's KV heads and head_size = head_dim (the usual GQA layout);
 a compressed one has kv_heads = 1 and head_size = k, its latent rank (one latent shared by all KV heads).
 The names are those optimum and onnxruntime-genai use, so other runtimes can drive the graph.
+
+Two variants of the cache update (export.json "cache_update"):
+  concat         present = concat(past, new) along seq; any runtime drives it; left padding works.
+  shared-buffer  attention is onnxruntime's fused GroupQueryAttention: the caller may bind one max-length
+                 buffer [batch, kv_heads, max_length, head_size] as both past and present, and the new
+                 tokens are written into it in place (no per-step copy of the cache). Driven with distinct
+                 past/present it concatenates like the plain graph. Sequences must not be left-padded (the op
+                 takes the first sum(attention_mask) positions as valid). Not for pre-RoPE keys.
 """
 from __future__ import annotations
 
@@ -16,8 +26,11 @@ INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 POSITION_IDS = "position_ids"
 LOGITS = "logits"
+# Optional: runtimes that do not know it (optimum, onnxruntime-genai, validation) get every position's logits.
+LOGITS_TO_KEEP = "logits_to_keep"
 
 DTYPE_BYTES = {"float32": 4, "float16": 2}
+CACHE_UPDATES = ("concat", "shared-buffer")
 
 
 def past_name(layer: int, kind: str) -> str:

@@ -50,7 +50,9 @@ def genai_config(meta: ExportMetadata, max_length: int | None = None) -> dict:
             },
         },
         "search": {"do_sample": False, "max_length": max_length or context, "min_length": 0, "num_beams": 1,
-                   "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
+                   "num_return_sequences": 1, "repetition_penalty": 1.0,
+                   # shared-buffer exports: genai binds one max_length buffer as past and present, as we do
+                   "past_present_share_buffer": meta.cache_update == "shared-buffer",
                    "temperature": 1.0, "top_k": 1, "top_p": 1.0},
     }
 

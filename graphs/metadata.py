@@ -34,6 +34,7 @@ class ExportMetadata:
     calibration: dict | None = None
     chat: dict | None = None         # {'prefix', 'suffix'}: the chat template around one user message
     exporter: str = ""
+    cache_update: str = "concat"     # graphs/contract.py CACHE_UPDATES: how present relates to past
     extra: dict = field(default_factory=dict)
 
     @property

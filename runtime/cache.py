@@ -1,8 +1,11 @@
 """The KV cache between steps: one OrtValue per past_key_values.{i}.key/.value, kept on the session's device.
 
-The cache is never copied through numpy. It starts as empty tensors (seq axis 0) allocated on the
-device; after each step the present.{i}.* OrtValues that onnxruntime allocated for the outputs
-become the past of the next step, as they are. On CUDA they are 'cuda' device memory throughout.
+The cache is never copied through numpy. Two protocols, as the export's cache_update says (graphs/contract.py):
+  concat         starts as empty tensors (seq axis 0) allocated on the device; after each step the present.{i}.*
+                 OrtValues that onnxruntime allocated for the outputs become the past of the next step.
+  shared-buffer  one buffer per tensor, allocated once for `capacity` tokens and bound as both past and
+                 present: the graph writes new tokens into it in place; only the length advances.
+On CUDA they are 'cuda' device memory throughout.
 """
 from __future__ import annotations
 
@@ -19,10 +22,13 @@ NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 class KVCache:
     """The past tensors of every layer for a batch, as device OrtValues named by the graph contract."""
 
-    def __init__(self, layout: CacheLayout, device: Device, values: dict[str, ort.OrtValue]):
+    def __init__(self, layout: CacheLayout, device: Device, values: dict[str, ort.OrtValue],
+                 shared: bool = False):
         self.layout = layout
         self.device = device
-        self.values = values  # past name -> OrtValue (B, kv_heads, past, head_size)
+        self.values = values  # past name -> OrtValue (B, kv_heads, past or capacity, head_size)
+        self.shared = shared
+        self._length = 0      # tokens held, shared buffers only (a concat cache's length is its shape)
 
     @classmethod
     def empty(cls, layout: CacheLayout, batch: int, device: Device) -> "KVCache":
@@ -35,10 +41,26 @@ class KVCache:
                 (batch, s.kv_heads, 0, s.head_size), dtype, device.type, device.id)  # (B, H, 0, d)
         return cls(layout, device, values)
 
+    @classmethod
+    def buffer(cls, layout: CacheLayout, batch: int, device: Device, capacity: int) -> "KVCache":
+        """A shared-buffer cache: every tensor (B, kv_heads, capacity, head_size), allocated once on `device`."""
+        dtype = NUMPY_DTYPES[layout.dtype]
+        values = {}
+        for layer, kind, past, _ in layout.names():
+            s = layout.shape(layer, kind)
+            values[past] = ort.OrtValue.ortvalue_from_shape_and_type(
+                (batch, s.kv_heads, capacity, s.head_size), dtype, device.type, device.id)  # (B, H, C, d)
+        return cls(layout, device, values, shared=True)
+
     @property
     def length(self) -> int:
         """Tokens held per sequence (the past length; padding included)."""
-        return next(iter(self.values.values())).shape()[2]
+        return self._length if self.shared else next(iter(self.values.values())).shape()[2]
+
+    @property
+    def capacity(self) -> int | None:
+        """Tokens a shared buffer can hold; None for a concat cache (it grows)."""
+        return next(iter(self.values.values())).shape()[2] if self.shared else None
 
     @property
     def nbytes(self) -> int:
@@ -50,13 +72,25 @@ class KVCache:
         for name, value in self.values.items():
             binding.bind_ortvalue_input(name, value)
 
-    def bind_outputs(self, binding: ort.IOBinding) -> list[str]:
-        """Ask onnxruntime to allocate every present output on the cache's device; returns their names."""
-        names = [present for _, _, _, present in self.layout.names()]
-        for name in names:
-            binding.bind_output(name, self.device.type, self.device.id)
+    def bind_outputs(self, binding: ort.IOBinding, new_tokens: int) -> list[str]:
+        """Bind every present output: to the past buffer itself (shared; checks it has room for new_tokens),
+        or to a fresh tensor onnxruntime allocates on the cache's device (concat). Returns their names."""
+        if self.shared and self._length + new_tokens > self.capacity:
+            raise ValueError(f"the cache buffer holds {self.capacity} tokens, {self._length} used, {new_tokens} "
+                             "more asked: allocate a bigger one (Generator sizes it prompt + max_new_tokens)")
+        names = []
+        for _, _, past, present in self.layout.names():
+            if self.shared:
+                binding.bind_ortvalue_output(present, self.values[past])
+            else:
+                binding.bind_output(present, self.device.type, self.device.id)
+            names.append(present)
         return names
 
-    def advance(self, outputs: dict[str, ort.OrtValue]) -> None:
-        """Take the step's present OrtValues (by output name) as the next past; no data moves."""
-        self.values = {past: outputs[present] for _, _, past, present in self.layout.names()}
+    def advance(self, outputs: dict[str, ort.OrtValue], new_tokens: int) -> None:
+        """After a step: the shared buffers now hold new_tokens more; a concat cache takes the step's present
+        OrtValues (by output name) as the next past. No data moves either way."""
+        if self.shared:
+            self._length += new_tokens
+        else:
+            self.values = {past: outputs[present] for _, _, past, present in self.layout.names()}

@@ -6,7 +6,7 @@ import sys
 
 from graphs.metadata import ExportError
 
-from .generator import DEFAULT_EXPORT, Generator
+from .generator import DEFAULT_EXPORT, DEFAULT_PREFILL_CHUNK, Generator
 from .session import ProviderError
 
 
@@ -25,6 +25,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--provider", choices=("cpu", "cuda"), default=None,
                    help="execution provider (default: cuda when usable, else cpu)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = its default)")
+    p.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK,
+                   help=f"feed the prompt in chunks of this many tokens, bounding prefill memory "
+                        f"(0 = all at once; default {DEFAULT_PREFILL_CHUNK})")
     return p.parse_args(argv)
 
 
@@ -36,7 +39,8 @@ def _stream(index: int, token_id: int, piece: str) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Generate for args.prompt; one prompt streams, several print in order when done; then the timings."""
-    generator = Generator(args.export, provider=args.provider, intra_op_threads=args.threads)
+    generator = Generator(args.export, provider=args.provider, intra_op_threads=args.threads,
+                          prefill_chunk=args.prefill_chunk)
     single = len(args.prompt) == 1
     result = generator.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_k=args.top_k, top_p=args.top_p, seed=args.seed, chat=args.chat,

@@ -2,14 +2,15 @@
 
 Token inputs are small int64 arrays, copied to the device each step; the cache OrtValues are bound
 as they are and the present outputs are allocated by onnxruntime on the device, then handed to the
-cache. Only the logits come back to numpy.
+cache. Only the logits come back to numpy, and only the last position's where the graph has the optional
+logits_to_keep input (exports before it return every position; the last is taken here).
 """
 from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
 
-from graphs.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, CacheLayout
+from graphs.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, LOGITS_TO_KEEP, POSITION_IDS, CacheLayout
 from graphs.metadata import ExportError
 
 from .cache import KVCache
@@ -32,6 +33,8 @@ class DecoderStep:
         self.session = session
         self.device = device
         self.binding = session.io_binding()
+        optional = {i.name for i in session.get_overridable_initializers()}
+        self.keep_last = self._to_device(np.array(1)) if LOGITS_TO_KEEP in optional else None
 
     def _to_device(self, array: np.ndarray) -> ort.OrtValue:
         """A contiguous int64 array as an OrtValue on the session's device (a copy on CUDA, a view on CPU)."""
@@ -52,13 +55,15 @@ class DecoderStep:
         b.bind_ortvalue_input(INPUT_IDS, self._to_device(input_ids))                       # (B, T)
         b.bind_ortvalue_input(ATTENTION_MASK, self._to_device(attention_mask))             # (B, past+T)
         b.bind_ortvalue_input(POSITION_IDS, self._to_device(position_ids(attention_mask, input_ids.shape[1])))
+        if self.keep_last is not None:
+            b.bind_ortvalue_input(LOGITS_TO_KEEP, self.keep_last)                           # ()
         cache.bind_inputs(b)
         b.bind_output(LOGITS, "cpu")  # onnxruntime copies logits to host itself when the graph runs on CUDA
-        names = [LOGITS] + cache.bind_outputs(b)
+        names = [LOGITS] + cache.bind_outputs(b, input_ids.shape[1])
         self.session.run_with_iobinding(b)
         outputs = dict(zip(names, b.get_outputs()))  # get_outputs follows the binding order
-        cache.advance(outputs)
-        logits = outputs[LOGITS].numpy()                                                  # (B, T, V)
+        cache.advance(outputs, input_ids.shape[1])
+        logits = outputs[LOGITS].numpy()                                           # (B, 1 or T, V)
         return logits[:, -1, :].astype(np.float32, copy=False)                            # (B, V)
 
 

@@ -26,6 +26,7 @@ from .sampling import sample
 from .session import open_session
 
 DEFAULT_EXPORT = os.path.join("build", "latest")
+DEFAULT_PREFILL_CHUNK = 256   # fastest of 256, 512, 1024, 2048, whole at a 4096-token prompt (docs/runtime_speed.md)
 
 OnToken = Callable[[int, int, str], None]  # (batch index, token id, text piece)
 Prompts = list[str] | list[list[int]]
@@ -88,10 +89,17 @@ class Generator:
     provider: 'cpu', 'cuda', or None for CUDA when onnxruntime-gpu and a GPU are usable, else CPU.
     optimization: onnxruntime graph optimisation level ('disable', 'basic', 'extended', 'all').
     intra_op_threads: onnxruntime intra-op threads (0: its default).
+    prefill_chunk: the prompt is fed in chunks of this many tokens (0: all at once). Attention scores of
+        a chunk are (B, heads, chunk, past+chunk), so chunks bound the prefill's peak memory at long
+        prompts; the logits are the same (see tests/test_runtime.py).
     """
 
     def __init__(self, export_dir: str = DEFAULT_EXPORT, provider: str | None = None,
-                 optimization: str = "all", intra_op_threads: int = 0, device_id: int = 0):
+                 optimization: str = "all", intra_op_threads: int = 0, device_id: int = 0,
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
+        if prefill_chunk < 0:
+            raise ValueError(f"prefill_chunk must be >= 0 (0: no chunking), got {prefill_chunk}")
+        self.prefill_chunk = prefill_chunk
         self.export_dir = export_dir
         self.metadata = load_metadata(export_dir)
         self.tokenizer = load_tokenizer(export_dir)
@@ -107,6 +115,27 @@ class Generator:
     def stop_ids(self, stop_token_ids: list[int] | None) -> set[int]:
         """The stop set: the export's eos tokens by default; an explicit list replaces it ([] never stops)."""
         return set(self.metadata.eos_token_ids if stop_token_ids is None else stop_token_ids)
+
+    def new_cache(self, sequences: list[list[int]], max_new_tokens: int) -> KVCache:
+        """The cache protocol the export was made for: growing (concat) or one buffer of prompt +
+        max_new_tokens tokens written in place (shared-buffer, which cannot take left-padded batches)."""
+        if self.metadata.cache_update != "shared-buffer":
+            return KVCache.empty(self.metadata.layout, len(sequences), self.device)
+        if len({len(s) for s in sequences}) > 1:
+            raise ValueError("this shared-buffer export takes prompts of one length (its fused attention "
+                             "knows no left padding): generate them one at a time, or use a concat export")
+        return KVCache.buffer(self.metadata.layout, len(sequences), self.device,
+                              len(sequences[0]) + max_new_tokens)
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Feed the prompt batch (B, L) in chunks of prefill_chunk tokens; the last position's logits (B, V)."""
+        chunk = self.prefill_chunk or input_ids.shape[1]
+        if cache.shared and input_ids.shape[0] > 1:   # the fused op takes chunks after the first at batch 1 only
+            chunk = input_ids.shape[1]
+        for start in range(0, input_ids.shape[1], chunk):
+            end = min(start + chunk, input_ids.shape[1])
+            logits = self.step(input_ids[:, start:end], attention_mask[:, :end], cache)  # (B, V)
+        return logits
 
     def generate(self, prompts: Prompts, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int = 0, stop_token_ids: list[int] | None = None,
@@ -125,10 +154,10 @@ class Generator:
         input_ids, attention_mask = left_pad(sequences, self.metadata.pad_token_id)   # (B, L), (B, L)
         progress = _Progress(self.tokenizer, sequences, self.stop_ids(stop_token_ids), on_token)
         rng = np.random.default_rng(seed)
-        cache = KVCache.empty(self.metadata.layout, len(sequences), self.device)
+        cache = self.new_cache(sequences, max_new_tokens)
 
         start = time.perf_counter()
-        logits = self.step(input_ids, attention_mask, cache)                           # (B, V)
+        logits = self.prefill(input_ids, attention_mask, cache)                        # (B, V)
         next_ids = sample(logits, rng, temperature, top_k, top_p)                      # (B,)
         progress.accept(next_ids)
         prefill_s = time.perf_counter() - start

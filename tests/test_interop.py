@@ -15,14 +15,17 @@ else:
 from validate.interop import compare
 
 
-@pytest.mark.parametrize("arch,k,mode", [("llama", "full", "pre-rope"), ("llama", 8, "pre-rope"),
-                                         ("llama", 8, "post-rope"), ("qwen2", 8, "pre-rope"), ("gpt2", 9, "post-rope")])
-def test_genai_matches_our_runtime(arch, k, mode, tiny_export):
+@pytest.mark.parametrize("arch,k,mode,cache", [
+    ("llama", "full", "pre-rope", "concat"), ("llama", 8, "pre-rope", "concat"), ("llama", 8, "post-rope", "concat"),
+    ("qwen2", 8, "pre-rope", "concat"), ("gpt2", 9, "post-rope", "concat"),
+    ("llama", "full", "pre-rope", "shared-buffer"), ("llama", 8, "post-rope", "shared-buffer")])
+def test_genai_matches_our_runtime(arch, k, mode, cache, tiny_export):
     """Prefill and 64 decode steps: random tiny models may emit EOS early, so the prompt is the first seed's
-    that runs the full 64 tokens in our runtime (genai must then match all 64)."""
+    that runs the full 64 tokens in our runtime (genai must then match all 64). Shared-buffer exports: genai
+    binds its own max-length buffer as past and present (past_present_share_buffer), as our runtime does."""
     for seed in range(20):
         prompt = np.random.default_rng(seed).integers(3, 300, 30).tolist()
-        theirs, ours = compare(tiny_export(arch, k, mode), prompt, 64)
+        theirs, ours = compare(tiny_export(arch, k, mode, cache=cache), prompt, 64)
         assert theirs == ours
         if len(ours) == 64:
             return

@@ -2,6 +2,8 @@
 setting, prefill and 64 greedy decode steps, batch of 2 with left padding. Tolerances: validate/tolerances.py."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +106,39 @@ def test_runtime_generator_matches_reference_greedy(arch, k, mode, tiny_export):
                 nxt = ref(ids, torch.ones_like(ids), pos, *ref.empty_past(1))[0][0, -1].argmax()
                 ids = torch.cat([ids, nxt.view(1, 1)], 1)
         assert tokens == ids[0, len(p) + 1:].tolist()
+
+
+@pytest.mark.parametrize("arch,k,mode", [("llama", 8, "pre-rope"), ("gpt2", 9, "post-rope")])
+def test_logits_to_keep_is_optional_and_keeps_the_last_positions(arch, k, mode, tiny_export):
+    """Runtimes that do not feed logits_to_keep get every position; 1 gives the last one, the same numbers."""
+    import onnxruntime as ort
+    from graphs.contract import LOGITS_TO_KEEP
+    export = tiny_export(arch, k, mode)
+    meta = load_metadata(export)
+    session = ort.InferenceSession(os.path.join(export, "model.onnx"), providers=["CPUExecutionProvider"])
+    assert LOGITS_TO_KEEP not in {i.name for i in session.get_inputs()}
+    assert LOGITS_TO_KEEP in {i.name for i in session.get_overridable_initializers()}
+    ids = np.array([[meta.sink["token_id"]] + prompts(meta.sink["token_id"])[0][1:12]])    # (1, 12)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(12)[None]}
+    for layer, kind, past, _ in meta.layout.names():
+        s = meta.layout.shape(layer, kind)
+        feeds[past] = np.zeros((1, s.kv_heads, 0, s.head_size), np.float32)
+    every = session.run(["logits"], feeds)[0]                                              # (1, 12, V)
+    assert every.shape[1] == 12
+    for n, want in ((1, every[:, -1:]), (3, every[:, -3:]), (0, every), (40, every)):
+        got = session.run(["logits"], {**feeds, LOGITS_TO_KEEP: np.array(n, dtype=np.int64)})[0]
+        assert got.shape == want.shape and within(np.abs(got - want).max(), np.abs(want).max())
+
+
+@pytest.mark.parametrize("arch,k,mode", [("llama", 8, "pre-rope"), ("qwen2", "full", "pre-rope"),
+                                         ("gpt2", 9, "post-rope")])
+def test_float16_export_matches_reference_within_its_tolerance(arch, k, mode, tiny_export):
+    """DTYPE=float16: cache inputs/outputs float16 (half the bytes), logits float32, parity at the fp16 tolerance."""
+    from validate.tolerances import LOGIT_RTOL_FLOAT16
+    export = tiny_export(arch, k, mode, dtype="float16")
+    export32 = tiny_export(arch, k, mode)
+    meta, meta32 = load_metadata(export), load_metadata(export32)
+    assert meta.layout.dtype == "float16" and 2 * meta.kv_bytes_per_token == meta32.kv_bytes_per_token
+    _, _, ref, _ = load_ref(export)
+    result = check_parity(ref, OrtModel(export, meta), prompts(meta.sink["token_id"]), meta.pad_token_id)
+    assert result.tolerance == LOGIT_RTOL_FLOAT16 and result.passed, result

@@ -131,6 +131,17 @@ def test_chat_without_template_names_the_fix(tmp_path):
         Generator(str(tmp_path)).generate(["cat"], max_new_tokens=2, chat=True)
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 5])
+def test_chunked_prefill_equals_one_shot(toy, chunk):
+    """A left-padded batch fed in prompt chunks (the cache grows chunk by chunk) gives the reference tokens."""
+    prompts = ["the cat sat on the mat", "dog", "a big red"]
+    got = Generator(toy[0], provider="cpu", prefill_chunk=chunk).generate(prompts, max_new_tokens=12,
+                                                                         stop_token_ids=NO_STOP)
+    assert got.tokens == [reference(toy[1], p, 12) for p in prompts]
+    with pytest.raises(ValueError, match="prefill_chunk"):
+        Generator(toy[0], provider="cpu", prefill_chunk=-1)
+
+
 def test_float16_cache(tmp_path, toy):
     weights = T.write_toy_export(str(tmp_path), dtype="float16")
     gen16 = Generator(str(tmp_path))

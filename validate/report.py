@@ -21,11 +21,12 @@ def markdown(r: dict) -> str:
     lines = [f"# Validation of `{r['export']}`", "",
              f"Model {r['model']}, key mode {r['key_mode']}, ranks key {r['ranks_summary']['key']} / "
              f"value {r['ranks_summary']['value']}. Command: `{r['command']}`", "",
-             "## Parity (ONNX Runtime vs PyTorch reference, fp32)", "",
-             "| prefill max abs diff | decode max abs diff | max abs ref logit | relative | tolerance | greedy tokens identical | result |",
+             f"## Parity (ONNX Runtime {kv['dtype']} vs PyTorch reference fp32)", "",
+             "| prefill max abs diff | decode max abs diff | max abs ref logit | relative | tolerance | greedy argmax agrees | result |",
              "| --- | --- | --- | --- | --- | --- | --- |",
              f"| {p['prefill_max_abs_diff']:.3g} | {p['decode_max_abs_diff']:.3g} | {p['max_abs_ref_logit']:.3g} | "
-             f"{p['rel_diff']:.3g} | {p['tolerance']:g} | {p['greedy_identical']} ({p['decode_steps']} steps, batch "
+             f"{p['rel_diff']:.3g} | {p['tolerance']:g} | {p['greedy_agreement']}/{p['decode_steps'] + 1} steps"
+             f"{'' if p['greedy_required'] else ' (reported, not required)'} (batch "
              f"{p['batch']}, prompts {p['prompt_lengths']}) | {'PASS' if p['passed'] else 'FAIL'} |", ""]
     if q:
         lines += ["## Cost of compression (original HF model vs this export in ONNX Runtime)", "",

@@ -2,7 +2,11 @@
 
 # fp32: max |ORT logit - reference logit| <= LOGIT_RTOL * max |reference logit|, over every valid position.
 LOGIT_RTOL = 1e-4
-# greedy decoding after the prefill must give identical tokens for this many steps.
+# float16 exports (weights, activations, cache; norms/RoPE/softmax float32) against the float32 reference:
+# float16 keeps ~3 decimal digits and 30 layers accumulate rounding (tiny models measured ~2e-3).
+LOGIT_RTOL_FLOAT16 = 1e-2
+# greedy decoding after the prefill must give identical tokens for this many steps (float32 exports; for
+# float16 the agreement is reported, not required: a near-tie between two tokens may flip on rounding).
 GREEDY_STEPS = 64
 # K=full reference vs HF transformers (both PyTorch, fp32): the same relative bound.
 HF_LOGIT_RTOL = 1e-4
@@ -10,3 +14,13 @@ HF_LOGIT_RTOL = 1e-4
 
 def within(max_abs_diff: float, max_abs_ref: float, rtol: float = LOGIT_RTOL) -> bool:
     return max_abs_diff <= rtol * max_abs_ref
+
+
+def logit_rtol(dtype: str) -> float:
+    """The parity tolerance for an export whose cache/activations have this dtype."""
+    return LOGIT_RTOL_FLOAT16 if dtype == "float16" else LOGIT_RTOL
+
+
+def greedy_required(dtype: str) -> bool:
+    """Whether parity requires identical greedy tokens (float32) or only reports their agreement (float16)."""
+    return dtype != "float16"
