@@ -13,6 +13,7 @@ this process (model load included).
 """
 from __future__ import annotations
 
+from .hf_generate import timed_generate
 from .common import TokenClock, child_args, emit, load_prompt
 
 
@@ -21,7 +22,6 @@ def main(argv=None) -> None:
     import torch
     import transformers
     from transformers import AutoModelForCausalLM
-    from transformers.generation.streamers import BaseStreamer
 
     ids, _ = load_prompt(a.prompt_tokens, a.ids)
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation="sdpa").eval()
@@ -29,26 +29,7 @@ def main(argv=None) -> None:
     model.generation_config.eos_token_id = None          # no stop on EOS: exactly new_tokens
     clock = TokenClock()
 
-    class Stamps(BaseStreamer):
-        """generate calls put() once with the prompt, then once per new token (a (1,) tensor)."""
-        def __init__(self):
-            self.prompt_seen = False
-
-        def put(self, value):
-            if not self.prompt_seen:
-                self.prompt_seen = True
-                return
-            clock.token(int(value.reshape(-1)[0]))
-
-        def end(self):
-            pass
-
-    input_ids = torch.tensor([ids], dtype=torch.long)                       # (1, N)
-    with torch.inference_mode():
-        clock.start()
-        out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                             max_new_tokens=a.new_tokens, streamer=Stamps())
-    assert out[0, len(ids):].tolist() == clock.tokens, "streamer and generate output disagree"
+    timed_generate(model, ids, a.new_tokens, clock)
     cfg = model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     emit(clock.result(a.new_tokens, runtime=f"HF transformers {transformers.__version__} "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 
+from .hf_generate import timed_generate
 from .common import TokenClock, child_args, emit, load_prompt
 
 
@@ -30,7 +31,6 @@ def main(argv=None) -> None:
     import optimum.version
     import torch
     from optimum.onnxruntime import ORTModelForCausalLM
-    from transformers.generation.streamers import BaseStreamer
 
     ids, _ = load_prompt(a.prompt_tokens, a.ids)
     model = ORTModelForCausalLM.from_pretrained(a.model, provider="CPUExecutionProvider",
@@ -38,25 +38,7 @@ def main(argv=None) -> None:
     model.generation_config.eos_token_id = None
     clock = TokenClock()
 
-    class Stamps(BaseStreamer):
-        def __init__(self):
-            self.prompt_seen = False
-
-        def put(self, value):
-            if not self.prompt_seen:
-                self.prompt_seen = True
-                return
-            clock.token(int(value.reshape(-1)[0]))
-
-        def end(self):
-            pass
-
-    input_ids = torch.tensor([ids], dtype=torch.long)                       # (1, N)
-    with torch.inference_mode():
-        clock.start()
-        out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                             max_new_tokens=a.new_tokens, streamer=Stamps())
-    assert out[0, len(ids):].tolist() == clock.tokens, "streamer and generate output disagree"
+    timed_generate(model, ids, a.new_tokens, clock)
     past = [i for i in model.session.get_inputs() if i.name.startswith("past_key_values.")]   # (1, kv, past, hd)
     elem = {"tensor(float)": 4, "tensor(float16)": 2}[past[0].type]
     kv_bytes = sum(int(i.shape[1]) * int(i.shape[3]) * elem for i in past)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -211,18 +210,11 @@ def build_ours(setting: Setting, model: _Model) -> None:
     _mark_complete(out, t0, setting=setting.name, options=options)
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _wanted_ids_header(sink: int) -> dict:
+    from exporter.projectors import sha256_file
     from exporter.text import DEFAULT_EVAL
-    return {"source": str(DEFAULT_EVAL), "source_sha256": _sha256(str(DEFAULT_EVAL)), "text_chars": TEXT_CHARS,
-            "tokenizer_sha256": _sha256(os.path.join(HF_DIR, "tokenizer.json")), "sink_token_id": sink}
+    return {"source": str(DEFAULT_EVAL), "source_sha256": sha256_file(str(DEFAULT_EVAL)), "text_chars": TEXT_CHARS,
+            "tokenizer_sha256": sha256_file(os.path.join(HF_DIR, "tokenizer.json")), "sink_token_id": sink}
 
 
 def build_ids(settings: list[Setting]) -> None:
