@@ -12,6 +12,7 @@ from runtime import Generator
 from tests.conftest import load_ref
 from validate.ort_model import OrtModel
 from validate.parity import check_parity
+from validate.tolerances import within
 
 CASES = [("llama", "full", "pre-rope"), ("llama", 8, "post-rope"), ("qwen2", 8, "post-rope"),
          ("mistral", "full", "pre-rope"), ("gpt2", "full", "post-rope"), ("gpt2", 8, "post-rope")]
@@ -89,3 +90,21 @@ def test_buffer_bytes_are_the_estimate_and_do_not_grow(tiny_export):
     assert cache.length == 30 and cache.nbytes == 2 * 40 * gen.metadata.kv_bytes_per_token
     with pytest.raises(ValueError, match="holds 40 tokens"):
         gen.step(ids[:, :11], np.ones((2, 41), np.int64), cache)
+
+
+@pytest.mark.parametrize("arch,k,mode", CASES[:3])
+def test_fused_decoder_in_pytorch_equals_the_reference(arch, k, mode, tiny_export):
+    """The eager side of the fused op (what the tracer runs) computes the reference decoder's numbers,
+    prefill and a cached step: the exported graph is the op, but its PyTorch twin must not mislead."""
+    import copy
+    _, _, ref, meta = load_ref(tiny_export(arch, k, mode))
+    fused = copy.deepcopy(ref).use_fused_attention()
+    ids = torch.tensor(equal_prompts(meta.sink["token_id"], n=2, length=12))                  # (2, 12)
+    with torch.no_grad():
+        want = ref(ids, torch.ones_like(ids), torch.arange(12)[None].expand(2, 12), *ref.empty_past(2))
+        got = fused(ids, torch.ones_like(ids), torch.arange(12)[None].expand(2, 12), *fused.empty_past(2))
+        assert within((got[0] - want[0]).abs().max().item(), want[0].abs().max().item())
+        step = ids[:, -1:]
+        want2 = ref(step, torch.ones(2, 13, dtype=torch.long), torch.full((2, 1), 12), *want[1:])
+        got2 = fused(step, torch.ones(2, 13, dtype=torch.long), torch.full((2, 1), 12), *got[1:])
+        assert within((got2[0] - want2[0]).abs().max().item(), want2[0].abs().max().item())
