@@ -58,6 +58,16 @@ class KVCache:
         return self._length if self.shared else next(iter(self.values.values())).shape()[2]
 
     @property
+    def batch(self) -> int:
+        return next(iter(self.values.values())).shape()[0]
+
+    def check_room(self, new_tokens: int) -> None:
+        """A shared buffer must hold the step's new tokens; raises ValueError naming the fix."""
+        if self.shared and self._length + new_tokens > self.capacity:
+            raise ValueError(f"the cache buffer holds {self.capacity} tokens, {self._length} used, {new_tokens} "
+                             "more asked: allocate a bigger one (Generator sizes it prompt + max_new_tokens)")
+
+    @property
     def capacity(self) -> int | None:
         """Tokens a shared buffer can hold; None for a concat cache (it grows)."""
         return next(iter(self.values.values())).shape()[2] if self.shared else None
@@ -75,9 +85,7 @@ class KVCache:
     def bind_outputs(self, binding: ort.IOBinding, new_tokens: int) -> list[str]:
         """Bind every present output: to the past buffer itself (shared; checks it has room for new_tokens),
         or to a fresh tensor onnxruntime allocates on the cache's device (concat). Returns their names."""
-        if self.shared and self._length + new_tokens > self.capacity:
-            raise ValueError(f"the cache buffer holds {self.capacity} tokens, {self._length} used, {new_tokens} "
-                             "more asked: allocate a bigger one (Generator sizes it prompt + max_new_tokens)")
+        self.check_room(new_tokens)
         names = []
         for _, _, past, present in self.layout.names():
             if self.shared:

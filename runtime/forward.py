@@ -27,7 +27,12 @@ def position_ids(attention_mask: np.ndarray, new_tokens: int) -> np.ndarray:
 
 
 class DecoderStep:
-    """Runs the session on (input_ids, attention_mask, position_ids) + a KVCache, with IO binding."""
+    """Runs the session on (input_ids, attention_mask, position_ids) + a KVCache, with IO binding.
+
+    Per step only what changes is bound: the token inputs always; a concat cache's past and fresh present
+    outputs every step; a shared-buffer cache once (the same buffers serve every step). Graphs with
+    logits_to_keep write the last position's logits into one host buffer the step owns.
+    """
 
     def __init__(self, session: ort.InferenceSession, device: Device):
         self.session = session
@@ -35,36 +40,61 @@ class DecoderStep:
         self.binding = session.io_binding()
         optional = {i.name for i in session.get_overridable_initializers()}
         self.keep_last = self._to_device(np.array(1)) if LOGITS_TO_KEEP in optional else None
+        self.vocab = next(o.shape[-1] for o in session.get_outputs() if o.name == LOGITS)
+        self._bound_cache = None                  # the shared-buffer cache whose buffers are bound now
+        self._logits = None                       # (B, 1, V) float32 host buffer and its OrtValue
 
     def _to_device(self, array: np.ndarray) -> ort.OrtValue:
         """A contiguous int64 array as an OrtValue on the session's device (a copy on CUDA, a view on CPU)."""
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array, dtype=np.int64),
                                                 self.device.type, self.device.id)
 
+    def _bind_logits(self, batch: int) -> None:
+        """Logits into the step's own (B, 1, V) host buffer (last position only), else wherever onnxruntime
+        puts them on the host (it copies them there itself when the graph runs on CUDA)."""
+        if self.keep_last is None or not isinstance(self.vocab, int):
+            self.binding.bind_output(LOGITS, "cpu")
+            return
+        if self._logits is None or self._logits[0].shape[0] != batch:
+            array = np.empty((batch, 1, self.vocab), np.float32)                          # (B, 1, V)
+            self._logits = array, ort.OrtValue.ortvalue_from_numpy(array)
+        self.binding.bind_ortvalue_output(LOGITS, self._logits[1])
+
+    def _bind_cache(self, cache: KVCache, new_tokens: int) -> list[str]:
+        """Bind the cache (all of it, unless it is the shared buffer bound last step); the output names."""
+        if cache.shared and cache is self._bound_cache:
+            cache.check_room(new_tokens)
+            return [LOGITS]
+        b = self.binding
+        b.clear_binding_inputs()
+        b.clear_binding_outputs()
+        cache.bind_inputs(b)
+        self._bind_logits(cache.batch)
+        self._bound_cache = cache if cache.shared else None
+        return [LOGITS] + cache.bind_outputs(b, new_tokens)
+
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache) -> np.ndarray:
         """Feed the new tokens (B, T) with the mask over past+new (B, past+T); advance `cache`.
 
-        Returns the logits of the last new position, (B, V), float32.
+        Returns the logits of the last new position, (B, V), float32 (a fresh array the caller owns).
         """
         if attention_mask.shape[1] != cache.length + input_ids.shape[1]:
             raise ValueError(f"attention_mask covers {attention_mask.shape[1]} tokens, "
                              f"cache {cache.length} + new {input_ids.shape[1]}")
         b = self.binding
-        b.clear_binding_inputs()
-        b.clear_binding_outputs()
+        names = self._bind_cache(cache, input_ids.shape[1])
         b.bind_ortvalue_input(INPUT_IDS, self._to_device(input_ids))                       # (B, T)
         b.bind_ortvalue_input(ATTENTION_MASK, self._to_device(attention_mask))             # (B, past+T)
         b.bind_ortvalue_input(POSITION_IDS, self._to_device(position_ids(attention_mask, input_ids.shape[1])))
         if self.keep_last is not None:
             b.bind_ortvalue_input(LOGITS_TO_KEEP, self.keep_last)                           # ()
-        cache.bind_inputs(b)
-        b.bind_output(LOGITS, "cpu")  # onnxruntime copies logits to host itself when the graph runs on CUDA
-        names = [LOGITS] + cache.bind_outputs(b, input_ids.shape[1])
         self.session.run_with_iobinding(b)
-        outputs = dict(zip(names, b.get_outputs()))  # get_outputs follows the binding order
+        outputs = dict(zip(names, b.get_outputs())) if len(names) > 1 else {}  # binding order
         cache.advance(outputs, input_ids.shape[1])
-        logits = outputs[LOGITS].numpy()                                           # (B, 1 or T, V)
-        return logits[:, -1, :].astype(np.float32, copy=False)                            # (B, V)
+        if self._logits is not None and self.keep_last is not None:
+            return self._logits[0][:, -1, :].copy()                                          # (B, V)
+        logits = outputs[LOGITS].numpy() if outputs else b.get_outputs()[0].numpy()          # (B, 1 or T, V)
+        return logits[:, -1, :].astype(np.float32, copy=False)                                # (B, V)
 
 
 def check_io(session: ort.InferenceSession, layout: CacheLayout) -> None:
