@@ -21,15 +21,12 @@ import sys
 CHILD = r"""
 import json, sys
 from runtime import Generator
-from exporter.text import DEFAULT_EVAL
+from benchmarks.prompted import peak_rss_gib, prompt_ids
 export, n_prompt, n_new, opt, threads, chunk = sys.argv[1:7]
 gen = Generator(export, provider="cpu", optimization=opt, intra_op_threads=int(threads), prefill_chunk=int(chunk))
-ids = gen.tokenizer.encode(open(DEFAULT_EVAL, encoding="utf-8").read()[:300000], add_special_tokens=False).ids
-prompt = ids[:int(n_prompt) - (gen.metadata.sink.get("token_id") is not None)]
-r = gen.generate([prompt], max_new_tokens=int(n_new), stop_token_ids=[])
-peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 2 ** 20
+r = gen.generate([prompt_ids(gen, int(n_prompt))], max_new_tokens=int(n_new), stop_token_ids=[])
 print(json.dumps({"prefill_s": r.timings.prefill_s, "decode_tok_s": r.timings.decode_tokens_per_s,
-                  "peak_rss_gib": peak, "kv_bytes_per_token": gen.metadata.kv_bytes_per_token}))
+                  "peak_rss_gib": peak_rss_gib(), "kv_bytes_per_token": gen.metadata.kv_bytes_per_token}))
 """
 FIGURES = ("prefill_s", "decode_tok_s", "peak_rss_gib")
 

@@ -17,28 +17,19 @@ import sys
 
 CHILD = r"""
 import json, sys, time
-import numpy as np
 from runtime import Generator
-from exporter.text import DEFAULT_EVAL
+from benchmarks.prompted import greedy_steps, peak_rss_gib, prefill
 export, n_ctx, n_new = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 gen = Generator(export, provider="cpu")
-text = open(DEFAULT_EVAL, encoding="utf-8").read()
-ids = gen.tokenizer.encode(text[:60 * n_ctx], add_special_tokens=False).ids
-prompt = gen.encode([ids[:n_ctx - 1]])                      # sink + n_ctx - 1 tokens
-cache = gen.new_cache(prompt, n_new)
-mask = np.ones((1, n_ctx), np.int64)
 t0 = time.perf_counter()
-logits = gen.prefill(np.array(prompt), mask, cache)
+logits, mask, cache = prefill(gen, n_ctx, n_new)
 prefill_s = time.perf_counter() - t0
 t0 = time.perf_counter()
-for _ in range(n_new):
-    mask = np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
-    logits = gen.step(logits.argmax(-1)[:, None], mask, cache)
+greedy_steps(gen.step, logits, mask, cache, n_new)
 step_ms = (time.perf_counter() - t0) / n_new * 1e3
-peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 2 ** 20
 print(json.dumps({"prefill_s": prefill_s, "step_ms": step_ms, "cache_bytes": cache.nbytes, "tokens": cache.length,
                   "capacity": cache.capacity, "estimate_bytes": gen.metadata.kv_bytes_per_token * (cache.capacity or cache.length),
-                  "kv_bytes_per_token": gen.metadata.kv_bytes_per_token, "peak_rss_gib": peak,
+                  "kv_bytes_per_token": gen.metadata.kv_bytes_per_token, "peak_rss_gib": peak_rss_gib(),
                   "cache_update": gen.metadata.cache_update, "key_mode": gen.metadata.key_mode}))
 """
 

@@ -1,9 +1,10 @@
-"""Where decode time goes: onnxruntime's profiler over decode steps at a given context length.
+"""Where time goes: onnxruntime's profiler over decode steps at a given context length, or over the prefill.
 
-    python -m benchmarks.profile_ops EXPORT [--context 4096] [--steps 8] [--top 12]
+    python -m benchmarks.profile_ops EXPORT [--context 4096] [--steps 8] [--top 12] [--prefill]
 
 The prompt (WikiText-2 test, sink first) is prefilled without profiling, then `steps` one-token decode steps
-run with profiling on; prints the top operator types and nodes by total time in those steps.
+run with profiling on; with --prefill the prefill itself (in the runtime's chunks) is profiled instead.
+Prints the top operator types and nodes by total kernel time.
 """
 from __future__ import annotations
 
@@ -14,31 +15,27 @@ import os
 import sys
 import tempfile
 
-import numpy as np
 
-
-def profile(export: str, context: int, steps: int) -> list[dict]:
-    """The profiler's node events ('cat' == 'Node') of `steps` decode steps after a `context`-token prefill."""
+def profile(export: str, context: int, steps: int, of_prefill: bool = False) -> list[dict]:
+    """The profiler's node events ('cat' == 'Node') of `steps` decode steps after a `context`-token prefill,
+    or of that prefill."""
     import onnxruntime as ort
     from runtime import Generator
     from runtime.forward import DecoderStep
-    from exporter.text import DEFAULT_EVAL
+    from .prompted import greedy_steps, prefill
     gen = Generator(export, provider="cpu")
-    ids = gen.tokenizer.encode(open(DEFAULT_EVAL, encoding="utf-8").read()[:400_000], add_special_tokens=False).ids
-    prompt = gen.encode([ids[:context - 1]])
-    cache = gen.new_cache(prompt, steps)               # the export's protocol: growing or a shared buffer
-    mask = np.ones((1, len(prompt[0])), np.int64)
-    logits = gen.prefill(np.array(prompt), mask, cache)
     with tempfile.TemporaryDirectory() as tmp:
         options = ort.SessionOptions()
         options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(tmp, "decode")
+        options.profile_file_prefix = os.path.join(tmp, "profile")
         options.log_severity_level = 3
         session = ort.InferenceSession(os.path.join(export, "model.onnx"), options, providers=["CPUExecutionProvider"])
-        step = DecoderStep(session, gen.device)
-        for _ in range(steps):
-            mask = np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
-            logits = step(logits.argmax(-1)[:, None], mask, cache)
+        if of_prefill:
+            gen.session, gen.step = session, DecoderStep(session, gen.device)
+            prefill(gen, context, steps)
+        else:
+            logits, mask, cache = prefill(gen, context, steps)    # on the unprofiled session
+            greedy_steps(DecoderStep(session, gen.device), logits, mask, cache, steps)
         with open(session.end_profiling()) as f:
             events = json.load(f)
     return [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
@@ -64,9 +61,12 @@ def main(argv=None) -> int:
     p.add_argument("--context", type=int, default=4096)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--top", type=int, default=12)
+    p.add_argument("--prefill", action="store_true", help="profile the prefill of the prompt instead")
     a = p.parse_args(argv)
-    print(f"{a.export}: {a.steps} decode steps after a {a.context}-token prompt\n")
-    print(summarize(profile(a.export, a.context, a.steps), a.top))
+    what = f"the prefill of a {a.context}-token prompt" if a.prefill else \
+        f"{a.steps} decode steps after a {a.context}-token prompt"
+    print(f"{a.export}: {what}\n")
+    print(summarize(profile(a.export, a.context, a.steps, a.prefill), a.top))
     return 0
 
 

@@ -41,12 +41,15 @@ def grouped_matmul(a: torch.Tensor, b: torch.Tensor, groups: int) -> torch.Tenso
 
 
 def _packed(*linears: nn.Linear) -> nn.Linear:
-    """One Linear computing several side by side (outputs concatenated); missing biases become zeros."""
-    packed = nn.Linear(linears[0].in_features, sum(l.out_features for l in linears))
+    """One Linear computing several side by side (outputs concatenated); a bias only if one of them has one
+    (the others' parts are zeros)."""
+    biased = any(l.bias is not None for l in linears)
+    packed = nn.Linear(linears[0].in_features, sum(l.out_features for l in linears), bias=biased)
     with torch.no_grad():
         packed.weight.copy_(torch.cat([l.weight for l in linears]))
-        packed.bias.copy_(torch.cat([l.bias if l.bias is not None else torch.zeros(l.out_features)
-                                     for l in linears]))
+        if biased:
+            packed.bias.copy_(torch.cat([l.bias if l.bias is not None else torch.zeros(l.out_features)
+                                         for l in linears]))
     return packed
 
 

@@ -19,6 +19,17 @@ from .session import Device
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
+def _allocate(layout: CacheLayout, batch: int, device: Device, seq: int) -> dict[str, ort.OrtValue]:
+    """Past name -> an OrtValue (B, kv_heads, seq, head_size) of the layout's dtype on `device`."""
+    dtype = NUMPY_DTYPES[layout.dtype]
+    values = {}
+    for layer, kind, past, _ in layout.names():
+        s = layout.shape(layer, kind)
+        values[past] = ort.OrtValue.ortvalue_from_shape_and_type(
+            (batch, s.kv_heads, seq, s.head_size), dtype, device.type, device.id)     # (B, H, seq, d)
+    return values
+
+
 class KVCache:
     """The past tensors of every layer for a batch, as device OrtValues named by the graph contract."""
 
@@ -32,25 +43,13 @@ class KVCache:
 
     @classmethod
     def empty(cls, layout: CacheLayout, batch: int, device: Device) -> "KVCache":
-        """The prefill cache: every past tensor (B, kv_heads, 0, head_size), allocated on `device`."""
-        dtype = NUMPY_DTYPES[layout.dtype]
-        values = {}
-        for layer, kind, past, _ in layout.names():
-            s = layout.shape(layer, kind)
-            values[past] = ort.OrtValue.ortvalue_from_shape_and_type(
-                (batch, s.kv_heads, 0, s.head_size), dtype, device.type, device.id)  # (B, H, 0, d)
-        return cls(layout, device, values)
+        """The prefill cache of the concat protocol: every past tensor (B, kv_heads, 0, head_size)."""
+        return cls(layout, device, _allocate(layout, batch, device, 0))
 
     @classmethod
     def buffer(cls, layout: CacheLayout, batch: int, device: Device, capacity: int) -> "KVCache":
-        """A shared-buffer cache: every tensor (B, kv_heads, capacity, head_size), allocated once on `device`."""
-        dtype = NUMPY_DTYPES[layout.dtype]
-        values = {}
-        for layer, kind, past, _ in layout.names():
-            s = layout.shape(layer, kind)
-            values[past] = ort.OrtValue.ortvalue_from_shape_and_type(
-                (batch, s.kv_heads, capacity, s.head_size), dtype, device.type, device.id)  # (B, H, C, d)
-        return cls(layout, device, values, shared=True)
+        """A shared-buffer cache: every tensor (B, kv_heads, capacity, head_size), allocated once."""
+        return cls(layout, device, _allocate(layout, batch, device, capacity), shared=True)
 
     @property
     def length(self) -> int:

@@ -91,7 +91,7 @@ class DecoderStep:
         self.session.run_with_iobinding(b)
         outputs = dict(zip(names, b.get_outputs())) if len(names) > 1 else {}  # binding order
         cache.advance(outputs, input_ids.shape[1])
-        if self._logits is not None and self.keep_last is not None:
+        if self._logits is not None:                                 # the step's own buffer, last position
             return self._logits[0][:, -1, :].copy()                                          # (B, V)
         logits = outputs[LOGITS].numpy() if outputs else b.get_outputs()[0].numpy()          # (B, 1 or T, V)
         return logits[:, -1, :].astype(np.float32, copy=False)                                # (B, V)

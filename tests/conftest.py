@@ -47,3 +47,16 @@ def load_ref(export_dir: str):
     from validate.reference import load_references
     meta = load_metadata(export_dir)
     return (*load_references(export_dir, meta), meta)
+
+
+def reference_greedy(ref, prompt: list[int], steps: int) -> list[int]:
+    """The reference decoder's greedy continuation of prompt (sink included), each step recomputed from
+    scratch without a cache: the independent answer the runtimes' cached generation must reproduce."""
+    import torch
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(steps):
+            pos = torch.arange(ids.shape[1])[None]
+            nxt = ref(ids, torch.ones_like(ids), pos, *ref.empty_past(1))[0][0, -1].argmax()
+            ids = torch.cat([ids, nxt.view(1, 1)], 1)
+    return ids[0, len(prompt):].tolist()

@@ -2,8 +2,6 @@
 setting, prefill and 64 greedy decode steps, batch of 2 with left padding. Tolerances: validate/tolerances.py."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -11,7 +9,7 @@ import torch
 from graphs.metadata import load_metadata
 from runtime.forward import position_ids
 from runtime.prompts import left_pad
-from tests.conftest import load_ref
+from tests.conftest import load_ref, reference_greedy
 from tests.tiny_models import ARCHS
 from validate.ort_model import OrtModel
 from validate.parity import check_parity
@@ -99,30 +97,22 @@ def test_runtime_generator_matches_reference_greedy(arch, k, mode, tiny_export):
     ps = [p[1:] for p in prompts(meta.sink["token_id"])]          # the runtime adds the sink itself
     got = Generator(export).generate(ps, max_new_tokens=24, stop_token_ids=[])
     for p, tokens in zip(ps, got.tokens):
-        ids = torch.tensor([[meta.sink["token_id"]] + p])
-        with torch.no_grad():
-            for _ in range(24):
-                pos = torch.arange(ids.shape[1])[None]
-                nxt = ref(ids, torch.ones_like(ids), pos, *ref.empty_past(1))[0][0, -1].argmax()
-                ids = torch.cat([ids, nxt.view(1, 1)], 1)
-        assert tokens == ids[0, len(p) + 1:].tolist()
+        assert tokens == reference_greedy(ref, [meta.sink["token_id"]] + p, 24)
 
 
 @pytest.mark.parametrize("arch,k,mode", [("llama", 8, "pre-rope"), ("gpt2", 9, "post-rope")])
 def test_logits_to_keep_is_optional_and_keeps_the_last_positions(arch, k, mode, tiny_export):
     """Runtimes that do not feed logits_to_keep get every position; 1 gives the last one, the same numbers."""
-    import onnxruntime as ort
     from graphs.contract import LOGITS_TO_KEEP
     export = tiny_export(arch, k, mode)
     meta = load_metadata(export)
-    session = ort.InferenceSession(os.path.join(export, "model.onnx"), providers=["CPUExecutionProvider"])
+    model = OrtModel(export, meta)
+    session = model.session
     assert LOGITS_TO_KEEP not in {i.name for i in session.get_inputs()}
     assert LOGITS_TO_KEEP in {i.name for i in session.get_overridable_initializers()}
     ids = np.array([[meta.sink["token_id"]] + prompts(meta.sink["token_id"])[0][1:12]])    # (1, 12)
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(12)[None]}
-    for layer, kind, past, _ in meta.layout.names():
-        s = meta.layout.shape(layer, kind)
-        feeds[past] = np.zeros((1, s.kv_heads, 0, s.head_size), np.float32)
+    feeds.update({name: p for (_, _, name, _), p in zip(meta.layout.names(), model.empty_past(1))})
     every = session.run(["logits"], feeds)[0]                                              # (1, 12, V)
     assert every.shape[1] == 12
     for n, want in ((1, every[:, -1:]), (3, every[:, -3:]), (0, every), (40, every)):

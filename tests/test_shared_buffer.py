@@ -9,7 +9,7 @@ import torch
 from exporter.errors import UserError
 from graphs.metadata import load_metadata
 from runtime import Generator
-from tests.conftest import load_ref
+from tests.conftest import load_ref, reference_greedy
 from validate.ort_model import OrtModel
 from validate.parity import check_parity
 from validate.tolerances import within
@@ -21,15 +21,6 @@ CASES = [("llama", "full", "pre-rope"), ("llama", 8, "post-rope"), ("qwen2", 8, 
 def equal_prompts(sink: int, n: int = 2, length: int = 33, seed: int = 0) -> list[list[int]]:
     rng = np.random.default_rng(seed)
     return [[sink] + rng.integers(3, 250, length - 1).tolist() for _ in range(n)]
-
-
-def reference_greedy(ref, prompt: list[int], steps: int) -> list[int]:
-    ids = torch.tensor([prompt])
-    with torch.no_grad():
-        for _ in range(steps):
-            nxt = ref(ids, torch.ones_like(ids), torch.arange(ids.shape[1])[None], *ref.empty_past(1))[0][0, -1]
-            ids = torch.cat([ids, nxt.argmax().view(1, 1)], 1)
-    return ids[0, len(prompt):].tolist()
 
 
 @pytest.mark.parametrize("arch,k,mode", CASES)
