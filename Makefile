@@ -18,6 +18,13 @@ CALIB     ?=
 SEED      ?= 0
 DTYPE     ?= float32
 CACHE     ?= concat
+METHOD    ?=
+BUDGET    ?=
+MAX_PPL_INCREASE ?=
+TIE_RANKS ?=
+TRAIN_LOSS ?= kl
+TRAIN_STEPS ?= 64
+FRONTIER_ARGS ?=
 EXPORT    ?= build/latest
 PROMPT    ?= The capital of France is
 CHAT      ?=
@@ -25,11 +32,14 @@ MAX_NEW_TOKENS ?= 64
 PYTEST_ARGS ?=
 TEXT      ?=
 
-.PHONY: setup optimum-setup export validate generate analyze interop test clean help bench-runtime
+.PHONY: setup optimum-setup export validate generate analyze interop test clean help bench-runtime frontier
 
 help:
 	@echo "make export [MODEL=id|dir|file.gguf] [K=128|full] [K_KEY=] [K_VALUE=] [KEY_MODE=pre-rope|post-rope] [CALIB=file] [SEED=0]"
-	@echo "            [DTYPE=float32|float16] [CACHE=concat|shared-buffer]"
+	@echo "            [DTYPE=float32|float16] [CACHE=concat|shared-buffer] [METHOD=pca|output-aware|trained]"
+	@echo "            [TRAIN_LOSS=kl|hidden|reconstruction] [TRAIN_STEPS=64]"
+	@echo "make export K=auto BUDGET=<KV B/token> | MAX_PPL_INCREASE=2%  [TIE_RANKS=1]   per-layer ranks (docs/projectors.md)"
+	@echo "make frontier [FRONTIER_ARGS=...]        perplexity vs KV bytes: PCA, output-aware, trained, int8/int4 -> build/frontier-<model>.md"
 	@echo "make validate [EXPORT=build/latest]      parity vs PyTorch + cost of compression -> EXPORT/report.md"
 	@echo "make generate PROMPT='...' [CHAT=1]       generation with ONNX Runtime only"
 	@echo "make analyze [MODEL=] [TEXT=file]        spectra, robust Df, weight spectra, memory table -> build/analyze-<model>/"
@@ -58,7 +68,12 @@ $(OPT_STAMP): Makefile
 export: setup
 	$(PYTHON) -m exporter $(if $(MODEL),--model "$(MODEL)") --k "$(K)" $(if $(K_KEY),--k-key "$(K_KEY)") \
 		$(if $(K_VALUE),--k-value "$(K_VALUE)") --key-mode "$(KEY_MODE)" $(if $(CALIB),--calib "$(CALIB)") \
-		--seed "$(SEED)" --dtype "$(DTYPE)" --cache "$(CACHE)"
+		--seed "$(SEED)" --dtype "$(DTYPE)" --cache "$(CACHE)" $(if $(METHOD),--method "$(METHOD)") \
+		$(if $(BUDGET),--budget "$(BUDGET)") $(if $(MAX_PPL_INCREASE),--max-ppl-increase "$(MAX_PPL_INCREASE)") \
+		$(if $(TIE_RANKS),--tie-ranks) --train-loss "$(TRAIN_LOSS)" --train-steps "$(TRAIN_STEPS)"
+
+frontier: setup
+	$(PYTHON) -m benchmarks.frontier $(FRONTIER_ARGS)
 
 validate: setup
 	$(PYTHON) -m validate --export "$(EXPORT)" $(VALIDATE_ARGS)

@@ -1,11 +1,12 @@
 """Ranks x key modes on one model: parity, perplexity, KL, top-1, KV bytes and decode speed, in one run.
 
     python -m benchmarks.sweep [--model M] [--k full,128,96,64] [--modes pre-rope,post-rope] [--eval-tokens 32768]
+    python -m benchmarks.sweep --exports DIR,DIR,... [--no-speed]     # score existing exports of any method
 
 Exports each setting into build/ (reused when already there, unless --fresh), computes the original model's
 logits once per window, then scores every export against them with ONNX Runtime. Decode speed: the runtime
 (IO binding, CPU), a 128-token prompt (sink included), 64 greedy tokens, median of 3. Writes
-build/sweep-<model>.md / .json and prints the table.
+build/sweep-<model>.md / .json (with --exports: build/sweep-<model>-exports.*) and prints the table.
 """
 from __future__ import annotations
 
@@ -38,6 +39,13 @@ def decode_speed(export: str, prompt: list[int], runs: int = 3, new_tokens: int 
     return statistics.median(rates)
 
 
+def ranks_label(key_ranks: list, value_ranks: list) -> str:
+    """'96', 'full', '96/192', or 'per-layer' for an export's ranks."""
+    one = lambda rs: ("full" if rs[0] is None else str(rs[0])) if len(set(rs)) == 1 else "per-layer"
+    k, v = one(key_ranks), one(value_ranks)
+    return k if k == v else f"{k}/{v}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,11 +56,20 @@ def main(argv=None) -> int:
     p.add_argument("--eval-tokens", type=int, default=32768)
     p.add_argument("--window", type=int, default=2048)
     p.add_argument("--fresh", action="store_true", help="export again even when build/ has the setting")
+    p.add_argument("--exports", default=None, help="comma-separated export directories to score instead")
+    p.add_argument("--no-speed", action="store_true", help="skip the decode-speed column")
     a = p.parse_args(argv)
+    if a.exports:
+        a.model = load_metadata(a.exports.split(",")[0]).model["source"]
     loaded = load(a.model)
     hf, tok = loaded.model, loaded.tokenizer
     settings = []
-    for k in a.k.split(","):
+    for out in (a.exports.split(",") if a.exports else []):
+        meta = load_metadata(out)
+        ranks = meta.ranks
+        k = ranks_label(ranks["key"], ranks["value"])
+        settings.append((f"{k} ({meta.extra.get('projector_method') or 'none'})", meta.key_mode, out))
+    for k in ([] if a.exports else a.k.split(",")):
         for mode in (["pre-rope"] if k == "full" else a.modes.split(",")):
             o = ExportOptions(model=a.model, k=k, key_mode=mode)
             out = default_out(o, loaded.name, None if k == "full" else int(k), None if k == "full" else int(k))
@@ -82,7 +99,7 @@ def main(argv=None) -> int:
         q = measure(lambda i, ids: original[i], ort_model, windows, sink is not None, a.eval, window,
                     meta.sink["token"])
         del ort_model
-        tps = decode_speed(out, speed_prompt)
+        tps = float("nan") if a.no_speed else decode_speed(out, speed_prompt)
         row = {"k": k, "key_mode": mode, "export": out, "ppl_original": q.ppl_original,
                "ppl": q.ppl_compressed, "ppl_increase_pct": q.ppl_increase_pct, "kl": q.kl_mean,
                "top1": q.top1_agreement, "parity_rel": par.rel_diff, "parity_passed": par.passed,
@@ -96,14 +113,14 @@ def main(argv=None) -> int:
           f"{window}, each after the sink token {meta0.sink['token']!r}; KV bytes of the fp32 cache, ratio against "
           f"an fp16 uncompressed cache ({fp16_bytes} B/token); decode: runtime on CPU, 128-token prompt, 64 "
           f"greedy tokens, median of 3. Command: `{cmd}`", "",
-          "| K (keys = values) | key mode | perplexity | original | increase | KL nats/token | top-1 | parity rel. diff | greedy identical | KV B/token (fp32) | vs fp16 cache | decode tok/s |",
+          "| K (keys/values) | key mode | perplexity | original | increase | KL nats/token | top-1 | parity rel. diff | greedy identical | KV B/token (fp32) | vs fp16 cache | decode tok/s |",
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         md.append(f"| {r['k']} | {r['key_mode']} | {r['ppl']:.3f} | {r['ppl_original']:.3f} | "
                   f"{r['ppl_increase_pct']:+.2f} % | {r['kl']:.4f} | {100 * r['top1']:.2f} % | {r['parity_rel']:.2e} | "
                   f"{r['greedy_identical']} | {r['kv_bytes_fp32']} | {r['ratio_vs_fp16']:.2f}x | {r['decode_tok_s']:.1f} |")
     text = "\n".join(md) + "\n"
-    base = os.path.join("build", f"sweep-{loaded.name}")
+    base = os.path.join("build", f"sweep-{loaded.name}" + ("-exports" if a.exports else ""))
     with open(base + ".md", "w") as f:
         f.write(text)
     with open(base + ".json", "w") as f:

@@ -5,14 +5,18 @@ import argparse
 import sys
 
 from .errors import cli_exit
+from .auto import AutoOptions, parse_percent
+from .fit import METHODS
 from .pipeline import DEFAULT_KEY_MODE, ExportOptions, run_export
+from .train import LOSSES, TrainOptions
 
 
 def main(argv=None) -> int:
     d = ExportOptions()
     p = argparse.ArgumentParser(prog="python -m exporter", description=__doc__)
     p.add_argument("--model", default=None, help="HF hub id, local HF directory or .gguf file (default: SmolLM2)")
-    p.add_argument("--k", default=d.k, help="latent dims per layer for keys and values, or 'full'")
+    p.add_argument("--k", default=d.k, help="latent dims per layer for keys and values, 'full', or 'auto' "
+                                           "(per-layer ranks from --budget or --max-ppl-increase)")
     p.add_argument("--k-key", default=None, help="override K for keys")
     p.add_argument("--k-value", default=None, help="override K for values")
     p.add_argument("--key-mode", default=DEFAULT_KEY_MODE, help="pre-rope | post-rope")
@@ -29,13 +33,35 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default=d.cache, choices=("concat", "shared-buffer"),
                    help="shared-buffer: attention through onnxruntime's GroupQueryAttention, cache updated in "
                         "place in a max-length buffer (full or post-rope, K_KEY == K_VALUE; no left padding)")
+    p.add_argument("--method", default=None, choices=METHODS,
+                   help="pca: plain PCA; output-aware: PCA in the metric of attention scores and the output "
+                        "projection; trained: output-aware, then fine-tuned on the calibration text "
+                        "(default: pca, or output-aware with --k auto)")
+    u = d.auto
+    p.add_argument("--budget", type=float, default=None, help="K=auto: KV bytes per token to fit in")
+    p.add_argument("--max-ppl-increase", default=None,
+                   help="K=auto: the fewest bytes whose held-out perplexity increase stays within this, e.g. 2%%")
+    p.add_argument("--granularity", type=int, default=u.granularity, help="K=auto: ranks in steps of this")
+    p.add_argument("--tie-ranks", action="store_true", help="K=auto: equal key and value ranks in each layer")
+    p.add_argument("--sensitivity", default=u.sensitivity, choices=("measured", "metric"),
+                   help="K=auto: KL per unit of error from a probe per tensor (measured) or alike for all")
+    t = d.train
+    p.add_argument("--train-loss", default=t.loss, choices=LOSSES, help="what training minimises (trained)")
+    p.add_argument("--train-steps", type=int, default=t.max_steps, help="most training steps (one window each)")
+    p.add_argument("--train-lr", type=float, default=t.lr, help="step size relative to each matrix's RMS")
+    p.add_argument("--train-window", type=int, default=t.window, help="tokens per training window")
     p.add_argument("--trust-remote-code", action="store_true")
     a = p.parse_args(argv)
     opts = ExportOptions(model=a.model or None, k=a.k, k_key=a.k_key or None, k_value=a.k_value or None,
                          key_mode=a.key_mode, calib=a.calib or d.calib, calib_tokens=a.calib_tokens,
                          window=a.window, seed=a.seed, out=a.out, projectors=a.projectors, sink=a.sink,
                          trust_remote_code=a.trust_remote_code, dtype=a.dtype,
-                         cache=a.cache)
+                         cache=a.cache, method=a.method,
+                         auto=AutoOptions(budget_bytes=a.budget, granularity=a.granularity, tie=a.tie_ranks,
+                                          max_ppl_increase=parse_percent(a.max_ppl_increase)
+                                          if a.max_ppl_increase else None, sensitivity=a.sensitivity),
+                         train=TrainOptions(loss=a.train_loss, max_steps=a.train_steps, lr=a.train_lr,
+                                            window=a.train_window, seed=a.seed))
     return cli_exit(run_export, opts)
 
 

@@ -338,8 +338,8 @@ def pca_edits(hf, cfg: DecoderConfig, proj: Projectors) -> dict[int, dict]:
         for name, p in (("k", proj.key(i)), ("v", proj.value(i))):
             if p is None:
                 continue
-            basis, mean = p                                                  # (kv_dim, r), (kv_dim,)
-            P = basis @ basis.T                                              # (kv_dim, kv_dim)
+            mean = p.mean                                                    # (kv_dim,)
+            P = p.decode @ p.encode                                          # (kv_dim, kv_dim)
             b = w[f"{name}_b"] if w[f"{name}_b"] is not None else torch.zeros_like(mean)
             w[name], w[f"{name}_b"] = P @ w[name], P @ (b - mean) + mean
             changed = True

@@ -63,6 +63,7 @@ class Attention(nn.Module):
         self.scale = d ** -0.5
         self.key_mode = "full" if key_rank is None else key_mode
         self.tap = None  # calibration hook: tap(name, tensor (B, T, width)); None when exporting
+        self.codec = None  # training hook: codec(name, x (B, T, width)) -> coded x, or None to leave x as is
         self.key_rank, self.value_rank = key_rank, value_rank
         self.q_proj = nn.Linear(D, H * d, bias=cfg.qkv_bias)
         # pre-rope keys and latent values fold the projection into k_proj / v_proj: they output latents directly
@@ -127,9 +128,11 @@ class Attention(nn.Module):
             return grouped_matmul(q, k.transpose(-1, -2), self.G), present
         k = self.k_proj(x).view(B, T, self.G, self.d).transpose(1, 2)        # (B, G, T, d)
         self._tap("key_pre", k)
+        k = self._code("key_pre", k)
         if rope_new is not None:
             k = apply_rope(k, *rope_new)
         self._tap("key_post", k)
+        k = self._code("key_post", k)
         if self.key_mode == "full":
             present = torch.cat([past_k, k], dim=2)                          # (B, G, S, d)
             return grouped_matmul(q, present.transpose(-1, -2), self.G), present
@@ -164,11 +167,31 @@ class Attention(nn.Module):
         if self.value_rank is None:
             v = self.v_proj(x).view(B, T, self.G, self.d).transpose(1, 2)    # (B, G, T, d)
             self._tap("value", v)
+            v = self._code("value", v)
             present = torch.cat([past_v, v], dim=2)                          # (B, G, S, d)
+            if self.tap is not None:
+                self._tap_mix(probs, present)
             return grouped_matmul(probs, present, self.G), present           # (B, H, T, d)
         c = self.v_proj(x).unsqueeze(1)                                      # (B, 1, T, r)
         present = torch.cat([past_v, c], dim=2)                              # (B, 1, S, r)
         return probs @ present, present                                      # (B, H, T, r)
+
+    def _tap_mix(self, probs, values) -> None:
+        """Calibration: what each query head's attention makes of all G*d value dims, leaving out position 0
+        (the sink, coded exactly): u = sum_j>0 a_j v_j and w = sum_j>0 a_j, side by side per head. A value
+        code's error reaches the output as (I - P)(u - w mean): exactly, for this layer (whiten.py)."""
+        v_all = values.transpose(1, 2).flatten(2)[:, 1:]                     # (B, S-1, G*d)
+        p = probs[..., 1:]                                                   # (B, H, T, S-1)
+        self._tap("value_mix", torch.cat([p @ v_all[:, None], p.sum(-1, keepdim=True)], dim=-1))  # (B,H,T,G*d+1)
+
+    def _code(self, name: str, heads: torch.Tensor) -> torch.Tensor:
+        """Training: an uncompressed layer that codes its keys or values as a compressed one would, so the
+        projectors can learn through the whole model (exporter/train.py). heads (B, nh, T, d)."""
+        if self.codec is None:
+            return heads
+        B, nh, T, d = heads.shape
+        coded = self.codec(name, heads.transpose(1, 2).flatten(2))                   # (B, T, nh*d) or None
+        return heads if coded is None else coded.view(B, T, nh, d).transpose(1, 2)
 
     def _tap(self, name: str, heads: torch.Tensor) -> None:
         """Hand (B, nh, T, d) to the calibration hook as (B, T, nh*d), heads side by side."""

@@ -12,13 +12,14 @@ from typing import Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
-TAPS = ("hidden", "query_pre", "query_post", "key_pre", "key_post", "value")
+TAPS = ("hidden", "query_pre", "query_post", "key_pre", "key_post", "value")   # analysis; fit adds 'value_mix' 
 
 
 class Covariance:
     """Running count, sum and sum of outer products in float64; mean and covariance on demand."""
 
-    def __init__(self):
+    def __init__(self, heads: int = 1):
+        self.heads = heads          # >1: each update row holds that many vectors side by side
         self.n = 0
         self.sum = None
         self.outer = None
@@ -26,6 +27,8 @@ class Covariance:
     def update(self, x: torch.Tensor) -> None:
         """x (N, dim): N token vectors."""
         x = x.detach().double()
+        if self.heads > 1:                                # (N, heads*dim) -> (N*heads, dim)
+            x = x.reshape(-1, x.shape[1] // self.heads)
         if self.sum is None:
             self.sum = torch.zeros(x.shape[1], dtype=torch.float64)
             self.outer = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)

@@ -41,23 +41,23 @@ def _set(linear, weight, bias=None):
 
 def build_attention(hf, cfg: DecoderConfig, i: int, proj: Projectors | None) -> Attention:
     w = attention_weights(hf, cfg, i)
-    key = proj.key(i) if proj else None        # (basis (G*d, r), mean (G*d)) in float64, or None
+    key = proj.key(i) if proj else None        # Codec (decode (G*d, r), mean, encode (r, G*d)) in float64, or None
     value = proj.value(i) if proj else None
     mode = proj.key_mode if proj else "full"
-    attn = Attention(cfg, mode, key[0].shape[1] if key else None, value[0].shape[1] if value else None)
+    attn = Attention(cfg, mode, key.rank if key else None, value.rank if value else None)
     _set(attn.q_proj, w["q"], w["q_b"])
     k_b = w["k_b"] if w["k_b"] is not None else torch.zeros(cfg.kv_dim, dtype=torch.float64)
     if key is None:
         _set(attn.k_proj, w["k"], w["k_b"])
     elif attn.key_mode == "pre-rope":
-        basis, mean = key
-        _set(attn.k_proj, basis.T @ w["k"], basis.T @ (k_b - mean))     # x -> c directly
-        _set(attn.key_decode, basis, mean)                              # c -> k
+        enc, dec, mean = key.encode, key.decode, key.mean
+        _set(attn.k_proj, enc @ w["k"], enc @ (k_b - mean))             # x -> c directly
+        _set(attn.key_decode, dec, mean)                                # c -> k
     else:  # post-rope: project rotated keys; queries meet them in k-space
-        basis, mean = key
+        enc, dec, mean = key.encode, key.decode, key.mean
         _set(attn.k_proj, w["k"], w["k_b"])
-        _set(attn.key_encode, basis.T, -(basis.T @ mean))
-        per_head = basis.view(cfg.num_kv_heads, cfg.head_dim, -1)        # (G, d, r)
+        _set(attn.key_encode, enc, -(enc @ mean))
+        per_head = dec.view(cfg.num_kv_heads, cfg.head_dim, -1)          # (G, d, r)
         group = torch.arange(cfg.num_heads) // (cfg.num_heads // cfg.num_kv_heads)
         with torch.no_grad():
             attn.query_basis.copy_(per_head[group].float())              # (H, d, r)
@@ -66,12 +66,12 @@ def build_attention(hf, cfg: DecoderConfig, i: int, proj: Projectors | None) -> 
         _set(attn.v_proj, w["v"], w["v_b"])
         _set(attn.o_proj, w["o"], w["o_b"])
     else:
-        basis, mean = value
+        enc, dec, mean = value.encode, value.decode, value.mean
         v_b = w["v_b"] if w["v_b"] is not None else torch.zeros(cfg.kv_dim, dtype=torch.float64)
-        _set(attn.v_proj, basis.T @ w["v"], basis.T @ (v_b - mean))
+        _set(attn.v_proj, enc @ w["v"], enc @ (v_b - mean))
         H, G, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         group = torch.arange(H) // (H // G)
-        per_head = basis.view(G, d, -1)[group]                           # (H, d, r)
+        per_head = dec.view(G, d, -1)[group]                             # (H, d, r)
         W_o = w["o"].view(cfg.hidden_size, H, d)                         # (D, H, d)
         absorbed = torch.einsum("Dhd,hdr->Dhr", W_o, per_head).reshape(cfg.hidden_size, -1)   # (D, H*r)
         mean_per_head = mean.view(G, d)[group].reshape(-1)               # (H*d,)

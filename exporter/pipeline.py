@@ -3,20 +3,23 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
 from graphs.contract import CACHE_UPDATES, DTYPE_BYTES
 from graphs.metadata import ExportMetadata
+from .auto import AutoOptions, Search, choose_ranks
 from .config import from_hf
 from .errors import UserError
 from .export import layout_of, point_latest, save_export, OPSET
-from .fit import fit_pca, kv_statistics, parse_rank, per_layer
+from .fit import (METHODS, fit_pca, key_tap, kv_statistics, output_metrics, output_whitening, parse_rank,
+                  per_layer)
 from .fold import build_decoder
 from .load import load
 from .projectors import load_projectors, model_fingerprint
 from .text import DEFAULT_CALIB
+from .train import TrainOptions, train_projectors, training_windows
 
 DEFAULT_KEY_MODE = "pre-rope"
 
@@ -39,6 +42,10 @@ class ExportOptions:
     trust_remote_code: bool = False
     dtype: str = "float32"          # 'float16': weights, activations and cache in float16 (GPU users)
     cache: str = "concat"           # 'shared-buffer': fused GroupQueryAttention, in-place cache (contract.py)
+    method: str | None = None       # 'pca' | 'output-aware' (whiten.py) | 'trained' (train.py, from output-aware);
+                                    # None: pca, or output-aware for K=auto
+    train: TrainOptions = field(default_factory=TrainOptions)
+    auto: AutoOptions = field(default_factory=AutoOptions)    # K=auto: the budget (auto.py)
 
 
 def sink_token_id(tokenizer, choice: str) -> int | None:
@@ -84,14 +91,56 @@ def stop_tokens(tokenizer, hf_config) -> list[int]:
 def default_out(o: ExportOptions, name: str, key_rank, value_rank) -> str:
     if o.out:
         return o.out
-    if key_rank is None and value_rank is None:
+    if is_auto(o):
+        a = o.auto
+        tag = f"kauto-ppl{a.max_ppl_increase:g}" if a.max_ppl_increase is not None else f"kauto-{a.budget_bytes:g}B"
+        tag += f"-{o.key_mode}"
+    elif key_rank is None and value_rank is None:
         tag = "kfull"
     elif key_rank == value_rank:
         tag = f"k{key_rank}-{o.key_mode}"
     else:
         tag = f"k{key_rank or 'full'}v{value_rank or 'full'}-{o.key_mode}"
-    suffix = ("" if o.dtype == "float32" else "-fp16") + ("" if o.cache == "concat" else "-shared")
+    suffix = ("" if o.method in ("pca", None) else f"-{o.method}") + ("" if o.dtype == "float32" else "-fp16") \
+        + ("" if o.cache == "concat" else "-shared")
     return os.path.join(o.build_dir, f"{name}-{tag}{suffix}")
+
+
+def is_auto(o: ExportOptions) -> bool:
+    return str(o.k).lower() == "auto"
+
+
+def auto_ranks(o: ExportOptions, hf, tok, cfg, full_decoder, stats, key_mode, sink, info):
+    """K=auto: per-layer ranks from the budget (auto.py); the search's figures go into info['auto']."""
+    if o.k_key is not None or o.k_value is not None or o.projectors:
+        raise UserError("K=auto chooses every rank itself: drop K_KEY, K_VALUE and --projectors")
+    metric = output_metrics(hf, cfg, stats, key_mode) if o.method != "pca" else None
+    search = Search(full_decoder, tok, cfg, stats, metric, key_mode, sink, info, o.calib, o.calib_tokens, o.auto)
+    choice, reference = choose_ranks(search, DTYPE_BYTES[o.dtype])
+    info["auto"] = {"options": asdict(o.auto), "heldout_tokens": sum(len(w) - 1 for w in search.heldout),
+                    "heldout_ppl_original": search.base,
+                    "choice": asdict(choice), "uniform_pca_reference": asdict(reference) if reference else None}
+    return choice.key_ranks, choice.value_ranks
+
+
+def sink_handling(proj) -> str:
+    if proj is None:
+        return "constant prefix at position 0"
+    if proj.info.get("method") == "trained":
+        return "constant prefix at position 0; trained with it in every window (no longer coded exactly)"
+    return "constant prefix at position 0; its key and value directions are in every basis"
+
+
+def fit_projectors(o: ExportOptions, hf, tok, cfg, full_decoder, stats, key_ranks, value_ranks, key_mode, sink,
+                   info):
+    """The projectors o.method asks for: PCA, output-aware PCA, or output-aware PCA then training."""
+    metric = output_metrics(hf, cfg, stats, key_mode) if o.method != "pca" else None
+    proj = fit_pca(stats, cfg, key_ranks, value_ranks, key_mode, sink, info, metric)
+    if o.method != "trained":
+        return proj
+    train, heldout = training_windows(tok, o.calib, o.calib_tokens, o.train, sink)
+    return train_projectors(full_decoder, proj, key_tap(cfg, key_mode), train, heldout, o.train,
+                            whitening=output_whitening(metric))
 
 
 def run_export(o: ExportOptions, loaded=None) -> str:
@@ -101,6 +150,8 @@ def run_export(o: ExportOptions, loaded=None) -> str:
         raise UserError(f"KEY_MODE={o.key_mode!r} is unknown: use pre-rope or post-rope")
     if o.cache not in CACHE_UPDATES:
         raise UserError(f"CACHE={o.cache!r} is unknown: use {' or '.join(CACHE_UPDATES)}")
+    if o.method not in METHODS + (None,):
+        raise UserError(f"METHOD={o.method!r} is unknown: use {', '.join(METHODS)}")
     if o.dtype not in DTYPE_BYTES:
         raise UserError(f"DTYPE={o.dtype!r} is unknown: use {' or '.join(DTYPE_BYTES)}")
     torch.manual_seed(o.seed)
@@ -109,22 +160,27 @@ def run_export(o: ExportOptions, loaded=None) -> str:
     hf, tok = loaded.model, loaded.tokenizer
     cfg = from_hf(hf.config)
     key_mode = o.key_mode if cfg.has_rope else "post-rope"   # without RoPE both modes are k-space scores
-    key_rank = parse_rank(o.k_key if o.k_key is not None else o.k, cfg.kv_dim, "K_KEY" if o.k_key else "K")
-    value_rank = parse_rank(o.k_value if o.k_value is not None else o.k, cfg.kv_dim,
-                            "K_VALUE" if o.k_value else "K")
+    auto = is_auto(o)
+    if o.method is None:
+        o = replace(o, method="output-aware" if auto else "pca")
+    key_rank = None if auto else parse_rank(o.k_key if o.k_key is not None else o.k, cfg.kv_dim,
+                                            "K_KEY" if o.k_key else "K")
+    value_rank = None if auto else parse_rank(o.k_value if o.k_value is not None else o.k, cfg.kv_dim,
+                                              "K_VALUE" if o.k_value else "K")
     sink = sink_token_id(tok, o.sink)
     fingerprint = model_fingerprint(hf)
     info = {"model": loaded.source, "model_fingerprint": fingerprint, "seed": o.seed}
     full_decoder = build_decoder(hf)
     if o.projectors:
         proj = load_projectors(o.projectors, fingerprint)
-    elif key_rank is None and value_rank is None:
+    elif key_rank is None and value_rank is None and not auto:
         proj = None
     else:
         stats = kv_statistics(full_decoder, tok, cfg, o.calib, o.calib_tokens, o.window, sink, fingerprint,
                               o.build_dir)
-        proj = fit_pca(stats, cfg, per_layer(key_rank, cfg.num_layers), per_layer(value_rank, cfg.num_layers),
-                       key_mode, sink, info)
+        key_ranks, value_ranks = auto_ranks(o, hf, tok, cfg, full_decoder, stats, key_mode, sink, info) if auto \
+            else (per_layer(key_rank, cfg.num_layers), per_layer(value_rank, cfg.num_layers))
+        proj = fit_projectors(o, hf, tok, cfg, full_decoder, stats, key_ranks, value_ranks, key_mode, sink, info)
     decoder = build_decoder(hf, proj) if proj is not None else full_decoder
     if o.cache == "shared-buffer":
         decoder.use_fused_attention()
@@ -135,8 +191,7 @@ def run_export(o: ExportOptions, loaded=None) -> str:
         model={"source": loaded.source, "name": loaded.name, "fingerprint": fingerprint, **cfg.to_json()},
         layout=layout_of(decoder, o.dtype), key_mode=mode, ranks=ranks,
         sink={"token_id": sink, "token": tok.convert_ids_to_tokens(sink) if sink is not None else None,
-              "handling": "constant prefix at position 0; its key and value directions are in every basis"
-              if proj else "constant prefix at position 0"},
+              "handling": sink_handling(proj)},
         eos_token_ids=stops,
         pad_token_id=int(tok.pad_token_id if tok.pad_token_id is not None else (stops or [0])[0]),
         opset=OPSET, calibration=proj.info.get("calibration") if proj else None, chat=chat_wrapper(tok),

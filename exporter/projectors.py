@@ -1,6 +1,11 @@
-"""Per-layer projectors: an orthonormal basis (dim, r) and a mean (dim,) for keys and for values.
+"""Per-layer projectors: a rank-r linear code for keys and for values, x ~= mean + decode @ encode @ (x - mean).
 
-Files: <name>.safetensors (tensors layers.{i}.key.basis / .key.mean / .value.basis / .value.mean) and
+PCA gives an orthonormal basis (encode = basis^T, decode = basis); output-aware and trained projectors are
+oblique (encode != decode^T). Only the product decode @ encode matters for quality; the split fixes what the
+cache stores.
+
+Files: <name>.safetensors (tensors layers.{i}.key.basis (the decode, dim x r) / .key.encode (r x dim) /
+.key.mean, the same for value) and
 <name>.json (format, model fingerprint, key mode, ranks, sink, calibration). Never pickle. Loading refuses a
 file made for another model.
 """
@@ -19,9 +24,29 @@ FORMAT = "spectral-kv-projectors/1"
 
 
 @dataclass
+class Codec:
+    """One tensor's code: c = encode @ (x - mean) is cached, x^ = mean + decode @ c is what attention sees."""
+    decode: torch.Tensor                            # (dim, r) float64; the 'basis'
+    mean: torch.Tensor                              # (dim,)
+    encode: torch.Tensor | None = None              # (r, dim); None: decode^T (an orthonormal basis)
+
+    def __post_init__(self):
+        if self.encode is None:
+            self.encode = self.decode.T.contiguous()
+
+    @property
+    def rank(self) -> int:
+        return int(self.decode.shape[1])
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., dim) -> its coded version (..., dim)."""
+        return self.mean + (x - self.mean) @ self.encode.T @ self.decode.T
+
+
+@dataclass
 class Projectors:
     key_mode: str                                   # 'pre-rope' | 'post-rope' (which keys the key bases code)
-    keys: list                                      # per layer (basis (dim, r) f64, mean (dim,) f64) or None
+    keys: list                                      # per layer a Codec, or None (uncompressed)
     values: list
     info: dict = field(default_factory=dict)        # fingerprint, model, calibration, method, sink
 
@@ -32,7 +57,7 @@ class Projectors:
         return self.values[i]
 
     def ranks(self) -> dict[str, list]:
-        r = lambda p: None if p is None else int(p[0].shape[1])
+        r = lambda p: None if p is None else p.rank
         return {"key": [r(p) for p in self.keys], "value": [r(p) for p in self.values]}
 
     def check_compatible(self, cfg) -> None:
@@ -40,8 +65,8 @@ class Projectors:
             raise UserError(f"projectors have {len(self.keys)} layers, the model {cfg.num_layers}: "
                             "they were made for another model; fit new ones with `make export`")
         for p in self.keys + self.values:
-            if p is not None and p[0].shape[0] != cfg.kv_dim:
-                raise UserError(f"projector width {p[0].shape[0]} != model KV width {cfg.kv_dim}: "
+            if p is not None and p.decode.shape[0] != cfg.kv_dim:
+                raise UserError(f"projector width {p.decode.shape[0]} != model KV width {cfg.kv_dim}: "
                                 "they were made for another model; fit new ones with `make export`")
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -49,8 +74,9 @@ class Projectors:
         for kind, items in (("key", self.keys), ("value", self.values)):
             for i, p in enumerate(items):
                 if p is not None:
-                    out[f"layers.{i}.{kind}.basis"] = p[0].contiguous()
-                    out[f"layers.{i}.{kind}.mean"] = p[1].contiguous()
+                    out[f"layers.{i}.{kind}.basis"] = p.decode.contiguous()
+                    out[f"layers.{i}.{kind}.encode"] = p.encode.contiguous()
+                    out[f"layers.{i}.{kind}.mean"] = p.mean.contiguous()
         return out
 
     def save(self, path_stem: str) -> str:
@@ -118,8 +144,8 @@ def load_projectors(path_stem: str, fingerprint: str | None = None) -> Projector
     except SafetensorError as e:
         raise UserError(f"{st} is corrupt ({e}): fit the projectors again") from None
     n = len(meta["ranks"]["key"])
-    get = lambda i, kind: (t[f"layers.{i}.{kind}.basis"], t[f"layers.{i}.{kind}.mean"]) \
-        if f"layers.{i}.{kind}.basis" in t else None
+    get = lambda i, kind: Codec(t[f"layers.{i}.{kind}.basis"], t[f"layers.{i}.{kind}.mean"],
+                                t.get(f"layers.{i}.{kind}.encode")) if f"layers.{i}.{kind}.basis" in t else None
     info = {k: v for k, v in meta.items() if k not in ("format", "key_mode", "ranks", "tensors_sha256")}
     return Projectors(meta["key_mode"], [get(i, "key") for i in range(n)], [get(i, "value") for i in range(n)], info)
 

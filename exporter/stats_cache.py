@@ -13,7 +13,7 @@ import torch
 
 from .calibrate import Covariance
 
-VERSION = 1
+VERSION = 3     # 2: query taps (output-aware key metrics), 3: value_mix
 
 
 def cache_key(**parts) -> str:

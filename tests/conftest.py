@@ -31,7 +31,7 @@ def tiny_export(tiny_model_dir, tmp_path_factory):
     made = {}
 
     def get(arch: str, k="full", key_mode: str = "pre-rope", **kw) -> str:
-        key = (arch, str(k), key_mode, tuple(sorted(kw.items())))
+        key = (arch, str(k), key_mode, tuple(sorted((n, repr(v)) for n, v in kw.items())))
         if key not in made:
             out = str(root / f"{arch}-{k}-{key_mode}-{len(made)}")
             made[key] = run_export(ExportOptions(model=tiny_model_dir(arch), k=str(k), key_mode=key_mode,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from exporter.errors import UserError
-from exporter.projectors import Projectors, load_projectors, principal_basis
+from exporter.projectors import Codec, Projectors, load_projectors, principal_basis
 
 
 def test_principal_basis_finds_the_top_axes_of_a_known_spectrum():
@@ -43,7 +43,7 @@ def _projectors(n_layers=2, dim=8, r=3):
     g = torch.Generator().manual_seed(0)
     q = lambda: torch.linalg.qr(torch.randn(dim, r, dtype=torch.float64, generator=g))[0]
     m = lambda: torch.randn(dim, dtype=torch.float64, generator=g)
-    return Projectors("pre-rope", [(q(), m()) for _ in range(n_layers)], [(q(), m()), None],
+    return Projectors("pre-rope", [Codec(q(), m()) for _ in range(n_layers)], [Codec(q(), m()), None],
                       {"model_fingerprint": "abc", "model": "toy"})
 
 
@@ -54,7 +54,8 @@ def test_round_trip_and_refusals(tmp_path):
     back = load_projectors(stem, "abc")
     assert back.key_mode == "pre-rope" and back.ranks() == {"key": [3, 3], "value": [3, None]}
     for a, b in zip(p.keys + p.values, back.keys + back.values):
-        assert (a is None and b is None) or all(torch.equal(x, y) for x, y in zip(a, b))
+        assert (a is None and b is None) or all(torch.equal(getattr(a, f), getattr(b, f))
+                                                for f in ("decode", "mean", "encode"))
     with pytest.raises(UserError, match="another model"):
         load_projectors(stem, "some-other-fingerprint")
     data = bytearray(open(stem + ".safetensors", "rb").read())

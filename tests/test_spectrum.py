@@ -151,10 +151,10 @@ def test_truncation_error_and_energy_of_a_known_weight_spectrum():
 # --- the perplexity engine: HF with edited attention weights == the reference decoder ------------------------
 
 def _projectors(cfg, rank, skip_layer=None, seed=5):
-    from exporter.projectors import Projectors
+    from exporter.projectors import Codec, Projectors
     g = _gen(seed)
-    make = lambda: (torch.linalg.qr(torch.randn(cfg.kv_dim, rank, dtype=F64, generator=g))[0],
-                    torch.randn(cfg.kv_dim, dtype=F64, generator=g) * 0.3)
+    make = lambda: Codec(torch.linalg.qr(torch.randn(cfg.kv_dim, rank, dtype=F64, generator=g))[0],
+                         torch.randn(cfg.kv_dim, dtype=F64, generator=g) * 0.3)
     keys = [None if i == skip_layer else make() for i in range(cfg.num_layers)]
     values = [make() for _ in range(cfg.num_layers)]
     return Projectors("pre-rope" if cfg.has_rope else "post-rope", keys, values, {})

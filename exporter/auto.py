@@ -1,0 +1,198 @@
+"""K=auto: per-layer ranks from a budget, searched on held-out calibration text (never the evaluation file).
+
+  BUDGET=<KV bytes per token>    the best quality that fits: one allocation (ranks.py) at that many dims
+  MAX_PPL_INCREASE=<percent>     the fewest bytes inside the quality budget: bisection on the dims budget, each
+                                 step an allocation scored by held-out perplexity
+
+Either way the best uniform-rank PCA setting under the same rule (the same K for every layer: keys only, or
+keys and values alike) is searched and printed next to the choice, so the gain is visible. Held-out text: the
+tokens after the calibration ones in the calibration file, in windows of 2048 (the perplexity convention).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+from .errors import UserError
+from .fit import fit_pca, key_tap
+from .heldout import nll, perplexity
+from .ranks import KINDS, allocate, residual_curve
+from .text import token_windows
+from .train import CodedDecoder, Objective, heldout_loss
+
+PROBE_WINDOW = 512
+
+
+@dataclass
+class AutoOptions:
+    budget_bytes: float | None = None
+    max_ppl_increase: float | None = None    # percent
+    granularity: int = 8
+    tie: bool = False                        # equal key and value ranks per layer (fused kernel)
+    sensitivity: str = "measured"            # 'measured' | 'metric' (ranks.py)
+    heldout_tokens: int = 4096
+    probe_tokens: int = 1024
+
+
+@dataclass
+class Candidate:
+    label: str
+    key_ranks: list
+    value_ranks: list
+    dims: int
+    ppl_increase: float | None = None
+
+    def ranks_text(self) -> str:
+        show = lambda rs: ",".join("full" if r is None else str(r) for r in rs)
+        return f"K_KEY={show(self.key_ranks)} K_VALUE={show(self.value_ranks)}"
+
+
+def parse_percent(value: str) -> float:
+    try:
+        v = float(str(value).rstrip("%"))
+    except ValueError:
+        raise UserError(f"MAX_PPL_INCREASE={value!r} is not a percentage: write e.g. 2%") from None
+    if v <= 0:
+        raise UserError(f"MAX_PPL_INCREASE={value!r} must be above 0 %")
+    return v
+
+
+class Search:
+    """Everything the search needs, loaded once: statistics, metrics, held-out windows and their baseline."""
+
+    def __init__(self, decoder, tok, cfg, stats, metric, key_mode, sink, info, calib, calib_tokens,
+                 o: AutoOptions):
+        self.decoder, self.cfg, self.stats, self.metric = decoder, cfg, stats, metric
+        self.key_mode, self.sink, self.info, self.o = key_mode, sink, info, o
+        windows = token_windows(tok, calib, 2048, calib_tokens + o.heldout_tokens, sink)
+        skip = -(-calib_tokens // 2048)
+        self.heldout = windows[skip:]
+        if sum(len(w) - (sink is not None) for w in self.heldout) < o.heldout_tokens:
+            raise UserError(f"{calib} is too short to hold out {o.heldout_tokens} tokens after the {calib_tokens} "
+                            "calibration tokens: pass a longer CALIB or lower --calib-tokens")
+        probe = token_windows(tok, calib, PROBE_WINDOW, calib_tokens + o.probe_tokens, sink)
+        self.probe = probe[-(-calib_tokens // PROBE_WINDOW):]
+        self.base = perplexity(nll(decoder, self.heldout, desc="held-out (original)"))
+        self.dim = cfg.kv_dim
+
+    def projectors(self, key_ranks, value_ranks, metric="default"):
+        m = self.metric if metric == "default" else metric
+        return fit_pca(self.stats, self.cfg, key_ranks, value_ranks, self.key_mode, self.sink, self.info, m)
+
+    def increase(self, proj) -> float:
+        coded = CodedDecoder(self.decoder, proj, key_tap(self.cfg, self.key_mode))
+        ppl = perplexity(nll(self.decoder, self.heldout, codec=coded.hook, desc="held-out", progress=False))
+        return 100 * (ppl / self.base - 1)
+
+    def curves(self) -> dict:
+        accs, _, _ = self.stats
+        tap = {"key": key_tap(self.cfg, self.key_mode), "value": "value"}
+        m = self.metric                 # the metric the projectors are fitted in (None: plain PCA)
+        return {(i, k): residual_curve(*m(i, k)) if m else residual_curve(accs[(i, tap[k])].covariance(), None)
+                for i in range(self.cfg.num_layers) for k in KINDS}
+
+    def sensitivities(self, curves: dict) -> dict:
+        """KL per unit of residual error, per tensor: a probe with only that tensor at half its dims."""
+        if self.o.sensitivity == "metric":
+            return {t: 1.0 / max(c[0].item(), 1e-30) for t, c in curves.items()}
+        L, half = self.cfg.num_layers, self.dim // 2
+        out, objective = {}, None
+        for (i, kind) in tqdm(sorted(curves), desc="probing sensitivity", unit="tensor"):
+            ranks = {k: [half if (j == i and k == kind) else None for j in range(L)] for k in KINDS}
+            coded = CodedDecoder(self.decoder, self.projectors(ranks["key"], ranks["value"]),
+                                 key_tap(self.cfg, self.key_mode))
+            if objective is None:
+                objective = Objective(coded, "kl")      # one objective: the teacher's logits are kept
+            objective.model = coded
+            out[(i, kind)] = heldout_loss(objective, self.probe) / max(curves[(i, kind)][half].item(), 1e-30)
+        return out
+
+    def allocation(self, curves, sens, dims: int) -> Candidate:
+        a = allocate(curves, sens, dims, self.dim, self.o.granularity, self.o.tie)
+        L = self.cfg.num_layers
+        return Candidate("auto", a.per_layer("key", L), a.per_layer("value", L), a.dims)
+
+    def score(self, c: Candidate, metric="default") -> Candidate:
+        c.ppl_increase = self.increase(self.projectors(c.key_ranks, c.value_ranks, metric))
+        return c
+
+    def uniform(self, target: float | None, budget_dims: int | None) -> Candidate | None:
+        """The best uniform-rank PCA setting: keys only (values full) or keys = values, the same K everywhere.
+        With a target: the fewest dims within it; with a budget: the lowest held-out increase that fits."""
+        L, g = self.cfg.num_layers, self.o.granularity
+        families = {"keys only": lambda k: ([k] * L, [None] * L), "keys = values": lambda k: ([k] * L, [k] * L)}
+        dims = lambda kr, vr: sum((r or self.dim) for r in kr + vr)
+        best = None
+        for name, make in families.items():
+            ks = list(range(g, self.dim, g))
+            if budget_dims is not None:
+                ks = [k for k in ks if dims(*make(k)) <= budget_dims]
+                if not ks:
+                    continue
+                c = self.score(Candidate(f"uniform PCA, {name}", *make(ks[-1]), dims(*make(ks[-1]))), None)
+                best = c if best is None or c.ppl_increase < best.ppl_increase else best
+                continue
+            lo, hi, found = 0, len(ks) - 1, None       # smallest k within target (increase falls as k grows)
+            while lo <= hi:
+                mid = (lo + hi) // 2
+                c = self.score(Candidate(f"uniform PCA, {name}", *make(ks[mid]), dims(*make(ks[mid]))), None)
+                if c.ppl_increase <= target:
+                    found, hi = c, mid - 1
+                else:
+                    lo = mid + 1
+            if found and (best is None or found.dims < best.dims):
+                best = found
+        return best
+
+    def fewest_dims(self, curves, sens, target: float) -> Candidate:
+        """Bisection on the dims budget (in granules) for the smallest allocation within the target."""
+        L, g = self.cfg.num_layers, self.o.granularity
+        lo, hi = 2 * L, 2 * L * self.dim // g          # in granules: all at g .. all full
+        found = None
+        with tqdm(desc="searching ranks", unit="step") as bar:
+            while lo <= hi:
+                mid = (lo + hi) // 2
+                c = self.score(self.allocation(curves, sens, mid * g))
+                bar.update()
+                bar.set_postfix(dims=c.dims, increase=f"{c.ppl_increase:.2f}%")
+                if c.ppl_increase <= target:
+                    found, hi = c, mid - 1
+                else:
+                    lo = mid + 1
+        if found is None:
+            raise UserError(f"even uncompressed-size ranks miss MAX_PPL_INCREASE={target}% on held-out text: "
+                            "raise the budget")
+        return found
+
+
+def choose_ranks(search: Search, dtype_bytes: int) -> tuple[Candidate, Candidate | None]:
+    """(the choice, the uniform PCA reference) for the options in search.o; prints both."""
+    o = search.o
+    if (o.budget_bytes is None) == (o.max_ppl_increase is None):
+        raise UserError("K=auto needs exactly one of BUDGET=<KV bytes per token> or MAX_PPL_INCREASE=<percent>")
+    curves = search.curves()
+    sens = search.sensitivities(curves)
+    if o.budget_bytes is not None:
+        dims = int(o.budget_bytes // dtype_bytes)
+        least = 2 * search.cfg.num_layers * o.granularity
+        if dims < least:
+            raise UserError(f"BUDGET={o.budget_bytes:g} B/token is below the least K=auto can do "
+                            f"({least * dtype_bytes} B/token: every layer at {o.granularity} dims)")
+        choice = search.score(search.allocation(curves, sens, dims))
+        reference = search.uniform(None, dims)
+    else:
+        choice = search.fewest_dims(curves, sens, o.max_ppl_increase)
+        reference = search.uniform(o.max_ppl_increase, None)
+    report(choice, reference, dtype_bytes)
+    return choice, reference
+
+
+def report(choice: Candidate, reference: Candidate | None, dtype_bytes: int) -> None:
+    for c in (choice, reference):
+        if c is None:
+            print("uniform PCA: no uniform setting meets the budget")
+            continue
+        print(f"{c.label:28s} {c.dims * dtype_bytes:>7} KV B/token  held-out perplexity {c.ppl_increase:+.2f} %  "
+              f"{c.ranks_text()}")
+
