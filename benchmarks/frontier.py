@@ -21,7 +21,6 @@ import shlex
 import sys
 import time
 
-import torch
 
 from benchmarks import kv_quant
 from exporter.config import from_hf

@@ -17,7 +17,6 @@ import shlex
 import statistics
 import sys
 
-import torch
 
 from exporter.fold import build_decoder
 from exporter.load import load

@@ -43,6 +43,8 @@ def main(argv=None) -> int:
                    help="K=auto: the fewest bytes whose held-out perplexity increase stays within this, e.g. 2%%")
     p.add_argument("--granularity", type=int, default=u.granularity, help="K=auto: ranks in steps of this")
     p.add_argument("--tie-ranks", action="store_true", help="K=auto: equal key and value ranks in each layer")
+    p.add_argument("--auto-heldout-tokens", type=int, default=u.heldout_tokens,
+                   help="K=auto: held-out tokens (after the calibration ones) that score each candidate")
     p.add_argument("--sensitivity", default=u.sensitivity, choices=("measured", "metric"),
                    help="K=auto: KL per unit of error from a probe per tensor (measured) or alike for all")
     t = d.train
@@ -59,7 +61,8 @@ def main(argv=None) -> int:
                          cache=a.cache, method=a.method,
                          auto=AutoOptions(budget_bytes=a.budget, granularity=a.granularity, tie=a.tie_ranks,
                                           max_ppl_increase=parse_percent(a.max_ppl_increase)
-                                          if a.max_ppl_increase else None, sensitivity=a.sensitivity),
+                                          if a.max_ppl_increase else None, sensitivity=a.sensitivity,
+                                          heldout_tokens=a.auto_heldout_tokens),
                          train=TrainOptions(loss=a.train_loss, max_steps=a.train_steps, lr=a.train_lr,
                                             window=a.train_window, seed=a.seed))
     return cli_exit(run_export, opts)

@@ -5,8 +5,9 @@
                                  step an allocation scored by held-out perplexity
 
 Either way the best uniform-rank PCA setting under the same rule (the same K for every layer: keys only, or
-keys and values alike) is searched and printed next to the choice, so the gain is visible. Held-out text: the
-tokens after the calibration ones in the calibration file, in windows of 2048 (the perplexity convention).
+keys and values alike) is searched first and printed next to the choice, and the choice is searched only up to
+its bytes. Held-out text: the tokens after the calibration ones in the calibration file, in windows of 2048
+(the perplexity convention).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ class AutoOptions:
     granularity: int = 8
     tie: bool = False                        # equal key and value ranks per layer (fused kernel)
     sensitivity: str = "measured"            # 'measured' | 'metric' (ranks.py)
-    heldout_tokens: int = 4096
+    heldout_tokens: int = 8192              # 4,096 proved too few on SmolLM2: docs/projectors.md
     probe_tokens: int = 1024
 
 
@@ -42,6 +43,7 @@ class Candidate:
     value_ranks: list
     dims: int
     ppl_increase: float | None = None
+    pca: bool = False               # True: plain PCA (the uniform reference); else the search's method
 
     def ranks_text(self) -> str:
         show = lambda rs: ",".join("full" if r is None else str(r) for r in rs)
@@ -77,6 +79,7 @@ class Search:
         self.dim = cfg.kv_dim
 
     def projectors(self, key_ranks, value_ranks, metric="default"):
+        """Closed-form projectors at these ranks: the search's method, or plain PCA with metric=None."""
         m = self.metric if metric == "default" else metric
         return fit_pca(self.stats, self.cfg, key_ranks, value_ranks, self.key_mode, self.sink, self.info, m)
 
@@ -113,9 +116,25 @@ class Search:
         L = self.cfg.num_layers
         return Candidate("auto", a.per_layer("key", L), a.per_layer("value", L), a.dims)
 
-    def score(self, c: Candidate, metric="default") -> Candidate:
-        c.ppl_increase = self.increase(self.projectors(c.key_ranks, c.value_ranks, metric))
+    def score(self, c: Candidate) -> Candidate:
+        c.ppl_increase = self.increase(self.projectors(c.key_ranks, c.value_ranks, None if c.pca else "default"))
         return c
+
+    def smallest_within(self, make, lo: int, hi: int, target: float, desc: str) -> Candidate | None:
+        """Bisection over lo..hi for the smallest i whose candidate make(i) is within the target (the increase
+        falls as i grows); None if none is."""
+        found = None
+        with tqdm(desc=desc, unit="step") as bar:
+            while lo <= hi:
+                mid = (lo + hi) // 2
+                c = self.score(make(mid))
+                bar.update()
+                bar.set_postfix(dims=c.dims, increase=f"{c.ppl_increase:.2f}%")
+                if c.ppl_increase <= target:
+                    found, hi = c, mid - 1
+                else:
+                    lo = mid + 1
+        return found
 
     def uniform(self, target: float | None, budget_dims: int | None) -> Candidate | None:
         """The best uniform-rank PCA setting: keys only (values full) or keys = values, the same K everywhere.
@@ -124,45 +143,30 @@ class Search:
         families = {"keys only": lambda k: ([k] * L, [None] * L), "keys = values": lambda k: ([k] * L, [k] * L)}
         dims = lambda kr, vr: sum((r or self.dim) for r in kr + vr)
         best = None
-        for name, make in families.items():
-            ks = list(range(g, self.dim, g))
+        for name, ranks in families.items():
+            make = lambda i: Candidate(f"uniform PCA, {name}", *ranks((i + 1) * g), dims(*ranks((i + 1) * g)),
+                                       pca=True)
+            n = self.dim // g - 1                      # K = g .. dim - g
             if budget_dims is not None:
-                ks = [k for k in ks if dims(*make(k)) <= budget_dims]
-                if not ks:
-                    continue
-                c = self.score(Candidate(f"uniform PCA, {name}", *make(ks[-1]), dims(*make(ks[-1]))), None)
-                best = c if best is None or c.ppl_increase < best.ppl_increase else best
-                continue
-            lo, hi, found = 0, len(ks) - 1, None       # smallest k within target (increase falls as k grows)
-            while lo <= hi:
-                mid = (lo + hi) // 2
-                c = self.score(Candidate(f"uniform PCA, {name}", *make(ks[mid]), dims(*make(ks[mid]))), None)
-                if c.ppl_increase <= target:
-                    found, hi = c, mid - 1
-                else:
-                    lo = mid + 1
-            if found and (best is None or found.dims < best.dims):
-                best = found
+                fits = [i for i in range(n) if make(i).dims <= budget_dims]
+                c = self.score(make(fits[-1])) if fits else None
+                better = c is not None and (best is None or c.ppl_increase < best.ppl_increase)
+            else:
+                c = self.smallest_within(make, 0, n - 1, target, f"uniform PCA, {name}")
+                better = c is not None and (best is None or c.dims < best.dims)
+            best = c if better else best
         return best
 
-    def fewest_dims(self, curves, sens, target: float) -> Candidate:
-        """Bisection on the dims budget (in granules) for the smallest allocation within the target."""
+    def fewest_dims(self, curves, sens, target: float, at_most: int | None) -> Candidate:
+        """The smallest allocation within the target, searched up to at_most dims (the uniform reference's,
+        so the choice never costs more than it) or all uncompressed."""
         L, g = self.cfg.num_layers, self.o.granularity
-        lo, hi = 2 * L, 2 * L * self.dim // g          # in granules: all at g .. all full
-        found = None
-        with tqdm(desc="searching ranks", unit="step") as bar:
-            while lo <= hi:
-                mid = (lo + hi) // 2
-                c = self.score(self.allocation(curves, sens, mid * g))
-                bar.update()
-                bar.set_postfix(dims=c.dims, increase=f"{c.ppl_increase:.2f}%")
-                if c.ppl_increase <= target:
-                    found, hi = c, mid - 1
-                else:
-                    lo = mid + 1
+        hi = (at_most if at_most is not None else 2 * L * self.dim) // g
+        found = self.smallest_within(lambda i: self.allocation(curves, sens, i * g), 2 * L, hi, target,
+                                     "searching ranks")
         if found is None:
-            raise UserError(f"even uncompressed-size ranks miss MAX_PPL_INCREASE={target}% on held-out text: "
-                            "raise the budget")
+            raise UserError(f"no allocation up to {hi * g} dims meets MAX_PPL_INCREASE={target}% on held-out "
+                            "text: raise the budget")
         return found
 
 
@@ -182,8 +186,8 @@ def choose_ranks(search: Search, dtype_bytes: int) -> tuple[Candidate, Candidate
         choice = search.score(search.allocation(curves, sens, dims))
         reference = search.uniform(None, dims)
     else:
-        choice = search.fewest_dims(curves, sens, o.max_ppl_increase)
         reference = search.uniform(o.max_ppl_increase, None)
+        choice = search.fewest_dims(curves, sens, o.max_ppl_increase, reference.dims if reference else None)
     report(choice, reference, dtype_bytes)
     return choice, reference
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 
-import torch
 
 from .calibrate import Covariance, capture
 from .config import DecoderConfig

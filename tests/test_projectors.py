@@ -90,3 +90,20 @@ def test_export_is_deterministic(tiny_model_dir, tmp_path):
         digests.append([hashlib.sha256(open(os.path.join(out, f), "rb").read()).hexdigest()
                         for f in ("model.onnx", "projectors.safetensors")])
     assert digests[0] == digests[1]
+
+
+def test_files_without_encode_load_as_orthonormal_pca(tmp_path):
+    """Projector files written before oblique codes existed hold only basis and mean: encode = basis^T."""
+    import json
+    from safetensors.torch import load_file, save_file
+    from exporter.projectors import sha256_file
+    p = _projectors()
+    stem = str(tmp_path / "old")
+    p.save(stem)
+    tensors = {k: v for k, v in load_file(stem + ".safetensors").items() if not k.endswith(".encode")}
+    save_file(tensors, stem + ".safetensors", metadata={"format": "spectral-kv-projectors/1"})
+    meta = json.load(open(stem + ".json"))
+    meta["tensors_sha256"] = sha256_file(stem + ".safetensors")
+    json.dump(meta, open(stem + ".json", "w"))
+    back = load_projectors(stem, "abc")
+    assert torch.equal(back.keys[0].encode, p.keys[0].decode.T)

@@ -2,8 +2,6 @@
 plain reconstruction error below PCA's (Eckart-Young), is deterministic, and its files export and validate."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -11,10 +9,9 @@ from exporter.errors import UserError
 from exporter.fit import fit_pca, key_tap, kv_statistics, output_metrics
 from exporter.fold import build_decoder
 from exporter.load import load
-from exporter.pipeline import sink_token_id
 from exporter.projectors import model_fingerprint
 from exporter.text import DEFAULT_CALIB
-from exporter.train import Objective, CodedDecoder, TrainOptions, heldout_loss, train_projectors, training_windows
+from exporter.train import Objective, CodedDecoder, TrainOptions, train_projectors, training_windows
 
 WINDOW, TOKENS = 128, 2048
 

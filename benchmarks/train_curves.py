@@ -1,0 +1,52 @@
+"""Held-out KL curves of projector training at several step sizes: how the default (exporter/train.py) was chosen.
+
+    python -m benchmarks.train_curves [--ranks 96/96] [--mode pre-rope] [--lrs 0.01,0.003,0.001,0.0003] [--steps 16]
+
+Output-aware projectors at the given ranks, then training with the KL loss, evaluated every 4 steps on the
+held-out calibration slice, no early stopping. Prints one line per step size: [(step, held-out KL), ...].
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from exporter.config import from_hf
+from exporter.fit import fit_pca, key_tap, kv_statistics, output_metrics, output_whitening, per_layer
+from exporter.fold import build_decoder
+from exporter.load import load
+from exporter.pipeline import ExportOptions, sink_token_id
+from exporter.projectors import model_fingerprint
+from exporter.train import TrainOptions, train_projectors, training_windows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train_curves", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None)
+    p.add_argument("--ranks", default="96/96", help="K_KEY/K_VALUE")
+    p.add_argument("--mode", default="pre-rope")
+    p.add_argument("--lrs", default="0.01,0.003,0.001,0.0003")
+    p.add_argument("--steps", type=int, default=16)
+    a = p.parse_args(argv)
+    loaded = load(a.model)
+    hf, tok = loaded.model, loaded.tokenizer
+    cfg, o = from_hf(hf.config), ExportOptions(model=a.model)
+    sink = sink_token_id(tok, "auto")
+    full = build_decoder(hf)
+    stats = kv_statistics(full, tok, cfg, o.calib, o.calib_tokens, o.window, sink, model_fingerprint(hf), "build")
+    metric = output_metrics(hf, cfg, stats, a.mode)
+    kr, vr = (int(x) for x in a.ranks.split("/"))
+    init = fit_pca(stats, cfg, per_layer(kr, cfg.num_layers), per_layer(vr, cfg.num_layers), a.mode, sink, {},
+                   metric)
+    for lr in (float(x) for x in a.lrs.split(",")):
+        t = TrainOptions(lr=lr, max_steps=a.steps, eval_every=4, patience=a.steps)
+        train, heldout = training_windows(tok, o.calib, o.calib_tokens, t, sink)
+        proj = train_projectors(full, init, key_tap(cfg, a.mode), train, heldout, t, progress=False,
+                                whitening=output_whitening(metric))
+        curve = [(c["step"], round(c["heldout"], 4)) for c in proj.info["training"]["curve"]]
+        print(f"{a.mode} K={a.ranks} lr={lr:g}: {curve}  ({proj.info['training']['seconds']} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
