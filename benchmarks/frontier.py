@@ -20,18 +20,19 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import replace
 
 
 from benchmarks import kv_quant
 from exporter.config import from_hf
-from exporter.fit import fit_pca, key_tap, kv_statistics, output_metrics, output_whitening, parse_rank, per_layer
+from exporter.fit import kv_statistics, parse_rank, per_layer
 from exporter.fold import build_decoder
 from exporter.heldout import nll, perplexity
 from exporter.load import load
-from exporter.pipeline import ExportOptions, sink_token_id
+from exporter.pipeline import ExportOptions, fit_projectors, sink_token_id
 from exporter.projectors import load_projectors, model_fingerprint
 from exporter.text import DEFAULT_EVAL, token_windows
-from exporter.train import TrainOptions, train_projectors, training_windows
+from exporter.train import TrainOptions
 
 FP16 = 2
 
@@ -67,23 +68,19 @@ class Frontier:
               f"({row['ppl_increase_pct']:+.2f} %)", flush=True)
 
     def projectors(self, method: str, mode: str, kr, vr):
+        """The export's own fitting (pipeline.fit_projectors); trained files are kept in build/frontier/."""
         cfg, hf = self.cfg, self.loaded.model
-        info = {"model": self.loaded.source, "model_fingerprint": self.fingerprint, "seed": 0}
-        metric = output_metrics(hf, cfg, self.stats, mode) if method != "pca" else None
-        proj = fit_pca(self.stats, cfg, per_layer(kr, cfg.num_layers), per_layer(vr, cfg.num_layers), mode,
-                       self.sink, info, metric)
-        if method != "trained":
-            return proj
         stem = os.path.join("build", "frontier", f"{self.loaded.name}-{mode}-k{kr}-v{vr}-{self.a.train_loss}"
                                                  f"-{self.a.train_steps}")
-        if os.path.isfile(stem + ".json") and not self.a.retrain:
+        if method == "trained" and os.path.isfile(stem + ".json") and not self.a.retrain:
             return load_projectors(stem, self.fingerprint)
-        t = TrainOptions(loss=self.a.train_loss, max_steps=self.a.train_steps)
-        train, heldout = training_windows(self.loaded.tokenizer, self.o.calib, self.o.calib_tokens, t, self.sink)
-        proj = train_projectors(self.full, proj, key_tap(cfg, mode), train, heldout, t,
-                                whitening=output_whitening(metric))
-        os.makedirs(os.path.dirname(stem), exist_ok=True)
-        proj.save(stem)
+        o = replace(self.o, method=method, train=TrainOptions(loss=self.a.train_loss, max_steps=self.a.train_steps))
+        info = {"model": self.loaded.source, "model_fingerprint": self.fingerprint, "seed": 0}
+        proj = fit_projectors(o, hf, self.loaded.tokenizer, cfg, self.full, self.stats, per_layer(kr, cfg.num_layers),
+                              per_layer(vr, cfg.num_layers), mode, self.sink, info)
+        if method == "trained":
+            os.makedirs(os.path.dirname(stem), exist_ok=True)
+            proj.save(stem)
         return proj
 
     def run(self):

@@ -32,7 +32,8 @@ def quantize_keys(x: torch.Tensor, bits: int) -> torch.Tensor:
 def quantize_values(x: torch.Tensor, bits: int) -> torch.Tensor:
     """x (B, T, C): position 0 exact, the rest per token in groups of CHANNELS channels."""
     B, T, C = x.shape
-    groups = x[:, 1:].reshape(B, T - 1, C // CHANNELS, CHANNELS)
+    g = min(CHANNELS, C)                                # small models: one group per token
+    groups = x[:, 1:].reshape(B, T - 1, C // g, g)
     return torch.cat([x[:, :1], fake_quant(groups, bits, dim=-1).reshape(B, T - 1, C)], dim=1)
 
 
@@ -50,5 +51,5 @@ def codec(bits: int, key_tap: str = "key_post"):
 def bytes_per_token(bits: int, layers: int, kv_dim: int) -> float:
     """Average cache bytes per token of both tensors, scales and zeros included."""
     keys = kv_dim * bits / 8 + kv_dim * SCALE_BYTES / GROUP
-    values = kv_dim * bits / 8 + (kv_dim // CHANNELS) * SCALE_BYTES
+    values = kv_dim * bits / 8 + max(kv_dim // CHANNELS, 1) * SCALE_BYTES
     return layers * (keys + values)

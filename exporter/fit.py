@@ -7,7 +7,7 @@ basis so the sink stays exact (see principal_basis).
 from __future__ import annotations
 
 import os
-
+from functools import cache
 
 from .calibrate import Covariance, capture
 from .config import DecoderConfig
@@ -78,6 +78,7 @@ def output_metrics(hf, cfg: DecoderConfig, stats, key_mode: str):
     pre = key_tap(cfg, key_mode) == "key_pre"
     inv_freq = hf.model.rotary_emb.inv_freq if pre else None
 
+    @cache      # searches (auto.py) fit many times from the same statistics
     def metric(i: int, kind: str):
         if kind == "value":
             cov = attention_output_covariance(accs[(i, "value_mix")], accs[(i, "value")].mean)
