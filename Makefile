@@ -24,6 +24,9 @@ MAX_PPL_INCREASE ?=
 TIE_RANKS ?=
 TRAIN_LOSS ?= kl
 TRAIN_STEPS ?= 64
+TRAIN_LR  ?=
+TRAIN_SCHEDULE ?=
+TRAIN_TOKENS ?=
 FRONTIER_ARGS ?=
 EXPORT    ?= build/latest
 PROMPT    ?= The capital of France is
@@ -37,7 +40,8 @@ TEXT      ?=
 help:
 	@echo "make export [MODEL=id|dir|file.gguf] [K=128|full] [K_KEY=] [K_VALUE=] [KEY_MODE=pre-rope|post-rope] [CALIB=file] [SEED=0]"
 	@echo "            [DTYPE=float32|float16] [CACHE=concat|shared-buffer] [METHOD=pca|output-aware|trained]"
-	@echo "            [TRAIN_LOSS=kl|hidden|reconstruction] [TRAIN_STEPS=64]"
+	@echo "            [TRAIN_LOSS=kl|hidden|reconstruction] [TRAIN_STEPS=64] [TRAIN_LR=3e-4] [TRAIN_SCHEDULE=constant|cosine]"
+	@echo "            [TRAIN_TOKENS=<training tokens of CALIB; default: the calibration tokens>]"
 	@echo "make export K=auto BUDGET=<KV B/token> | MAX_PPL_INCREASE=2%  [TIE_RANKS=1]   per-layer ranks (docs/projectors.md)"
 	@echo "make frontier [FRONTIER_ARGS=...]        perplexity vs KV bytes: PCA, output-aware, trained, int8/int4 -> build/frontier-<model>.md"
 	@echo "make validate [EXPORT=build/latest]      parity vs PyTorch + cost of compression -> EXPORT/report.md"
@@ -70,7 +74,9 @@ export: setup
 		$(if $(K_VALUE),--k-value "$(K_VALUE)") --key-mode "$(KEY_MODE)" $(if $(CALIB),--calib "$(CALIB)") \
 		--seed "$(SEED)" --dtype "$(DTYPE)" --cache "$(CACHE)" $(if $(METHOD),--method "$(METHOD)") \
 		$(if $(BUDGET),--budget "$(BUDGET)") $(if $(MAX_PPL_INCREASE),--max-ppl-increase "$(MAX_PPL_INCREASE)") \
-		$(if $(TIE_RANKS),--tie-ranks) --train-loss "$(TRAIN_LOSS)" --train-steps "$(TRAIN_STEPS)"
+		$(if $(TIE_RANKS),--tie-ranks) --train-loss "$(TRAIN_LOSS)" --train-steps "$(TRAIN_STEPS)" \
+		$(if $(TRAIN_LR),--train-lr "$(TRAIN_LR)") $(if $(TRAIN_SCHEDULE),--train-schedule "$(TRAIN_SCHEDULE)") \
+		$(if $(TRAIN_TOKENS),--train-tokens "$(TRAIN_TOKENS)")
 
 frontier: setup
 	$(PYTHON) -m benchmarks.frontier $(FRONTIER_ARGS)

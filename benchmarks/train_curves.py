@@ -1,6 +1,7 @@
 """Held-out KL curves of projector training at several step sizes: how the default (exporter/train.py) was chosen.
 
     python -m benchmarks.train_curves [--ranks 96/96] [--mode pre-rope] [--lrs 0.01,0.003,0.001,0.0003] [--steps 16]
+                                      [--head-decode 1] [--schedule constant] [--calib-tokens N]
 
 Output-aware projectors at the given ranks, then training with the KL loss, evaluated every 4 steps on the
 held-out calibration slice, no early stopping. Prints one line per step size: [(step, held-out KL), ...].
@@ -27,10 +28,14 @@ def main(argv=None) -> int:
     p.add_argument("--mode", default="pre-rope")
     p.add_argument("--lrs", default="0.01,0.003,0.001,0.0003")
     p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--head-decode", default="1", help="values decoded per query head: 1, 0, or both (0,1)")
+    p.add_argument("--schedule", default="constant", help="constant or cosine (decays to 0 at --steps)")
+    p.add_argument("--calib-tokens", type=int, default=None, help="training tokens (default: the export's)")
     a = p.parse_args(argv)
     loaded = load(a.model)
     hf, tok = loaded.model, loaded.tokenizer
     cfg, o = from_hf(hf.config), ExportOptions(model=a.model)
+    train_tokens = a.calib_tokens or o.calib_tokens
     sink = sink_token_id(tok, "auto")
     full = build_decoder(hf)
     stats = kv_statistics(full, tok, cfg, o.calib, o.calib_tokens, o.window, sink, model_fingerprint(hf), "build")
@@ -39,12 +44,15 @@ def main(argv=None) -> int:
     init = fit_pca(stats, cfg, per_layer(kr, cfg.num_layers), per_layer(vr, cfg.num_layers), a.mode, sink, {},
                    metric)
     for lr in (float(x) for x in a.lrs.split(",")):
-        t = TrainOptions(lr=lr, max_steps=a.steps, eval_every=4, patience=a.steps)
-        train, heldout = training_windows(tok, o.calib, o.calib_tokens, t, sink)
-        proj = train_projectors(full, init, key_tap(cfg, a.mode), train, heldout, t, progress=False,
-                                whitening=output_whitening(metric))
-        curve = [(c["step"], round(c["heldout"], 4)) for c in proj.info["training"]["curve"]]
-        print(f"{a.mode} K={a.ranks} lr={lr:g}: {curve}  ({proj.info['training']['seconds']} s)", flush=True)
+        for per_head in (x == "1" for x in a.head_decode.split(",")):
+            t = TrainOptions(lr=lr, max_steps=a.steps, eval_every=4, patience=a.steps, head_decode=per_head,
+                             schedule=a.schedule)
+            train, heldout = training_windows(tok, o.calib, train_tokens, t, sink)
+            proj = train_projectors(full, init, key_tap(cfg, a.mode), train, heldout, t, progress=False,
+                                    whitening=output_whitening(metric))
+            curve = [(c["step"], round(c["heldout"], 4)) for c in proj.info["training"]["curve"]]
+            print(f"{a.mode} K={a.ranks} lr={lr:g} head_decode={int(per_head)}: {curve}  "
+                  f"({proj.info['training']['seconds']} s)", flush=True)
     return 0
 
 

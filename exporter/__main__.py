@@ -44,7 +44,11 @@ def main(argv=None) -> int:
     p.add_argument("--granularity", type=int, default=u.granularity, help="K=auto: ranks in steps of this")
     p.add_argument("--tie-ranks", action="store_true", help="K=auto: equal key and value ranks in each layer")
     p.add_argument("--auto-heldout-tokens", type=int, default=u.heldout_tokens,
-                   help="K=auto: held-out tokens (after the calibration ones) that score each candidate")
+                   help="K=auto: held-out tokens that score each candidate, in windows of 2048 spread over the "
+                        "calibration file after the calibration tokens")
+    p.add_argument("--auto-margin", type=float, default=u.margin,
+                   help="K=auto: standard errors (over held-out windows) added to the increase before it is "
+                        "held to MAX_PPL_INCREASE")
     p.add_argument("--sensitivity", default=u.sensitivity, choices=("measured", "metric"),
                    help="K=auto: KL per unit of error from a probe per tensor (measured) or alike for all")
     t = d.train
@@ -52,6 +56,11 @@ def main(argv=None) -> int:
     p.add_argument("--train-steps", type=int, default=t.max_steps, help="most training steps (one window each)")
     p.add_argument("--train-lr", type=float, default=t.lr, help="step size relative to each matrix's RMS")
     p.add_argument("--train-window", type=int, default=t.window, help="tokens per training window")
+    p.add_argument("--train-tokens", type=int, default=t.tokens,
+                   help="training tokens from the start of the calibration file (default: the calibration tokens); "
+                        "more tokens overfit less")
+    p.add_argument("--train-schedule", default=t.schedule, choices=("constant", "cosine"),
+                   help="step size over training: constant, or cosine decay to 0 at the last step")
     p.add_argument("--trust-remote-code", action="store_true")
     a = p.parse_args(argv)
     opts = ExportOptions(model=a.model or None, k=a.k, k_key=a.k_key or None, k_value=a.k_value or None,
@@ -62,9 +71,10 @@ def main(argv=None) -> int:
                          auto=AutoOptions(budget_bytes=a.budget, granularity=a.granularity, tie=a.tie_ranks,
                                           max_ppl_increase=parse_percent(a.max_ppl_increase)
                                           if a.max_ppl_increase else None, sensitivity=a.sensitivity,
-                                          heldout_tokens=a.auto_heldout_tokens),
+                                          heldout_tokens=a.auto_heldout_tokens, margin=a.auto_margin),
                          train=TrainOptions(loss=a.train_loss, max_steps=a.train_steps, lr=a.train_lr,
-                                            window=a.train_window, seed=a.seed))
+                                            window=a.train_window, schedule=a.train_schedule, tokens=a.train_tokens,
+                                            seed=a.seed))
     return cli_exit(run_export, opts)
 
 

@@ -10,7 +10,8 @@ Keys, by mode:
   pre-rope   latents of un-rotated keys (projection folded into k_proj); every step rebuilds the keys
              mean + basis @ c, rotates them at their positions, then the usual GQA.
 Values: full, or latents with the up-projection absorbed into o_proj: sum_m a_m (mu + B c_m) = mu + B (sum_m a_m c_m)
-because the attention weights sum to one, so o_proj' = o_proj @ blockdiag(B_g(h)) and bias o_proj @ mu.
+because the attention weights sum to one, so o_proj' = o_proj @ blockdiag(B_g(h)) and bias o_proj @ mu. Since B
+is absorbed head by head, each query head may have its own B_h (trained projectors' head_decode) for free.
 """
 from __future__ import annotations
 
@@ -168,6 +169,8 @@ class Attention(nn.Module):
             v = self.v_proj(x).view(B, T, self.G, self.d).transpose(1, 2)    # (B, G, T, d)
             self._tap("value", v)
             v = self._code("value", v)
+            if v.shape[1] != self.G:        # training: decoded per query head (B, H, T, d), no past (train.py)
+                return probs @ v, v
             present = torch.cat([past_v, v], dim=2)                          # (B, G, S, d)
             if self.tap is not None:
                 self._tap_mix(probs, present)
@@ -190,8 +193,8 @@ class Attention(nn.Module):
         if self.codec is None:
             return heads
         B, nh, T, d = heads.shape
-        coded = self.codec(name, heads.transpose(1, 2).flatten(2))                   # (B, T, nh*d) or None
-        return heads if coded is None else coded.view(B, T, nh, d).transpose(1, 2)
+        coded = self.codec(name, heads.transpose(1, 2).flatten(2))           # (B, T, nh*d or H*d) or None
+        return heads if coded is None else coded.view(B, T, -1, d).transpose(1, 2)
 
     def _tap(self, name: str, heads: torch.Tensor) -> None:
         """Hand (B, nh, T, d) to the calibration hook as (B, T, nh*d), heads side by side."""

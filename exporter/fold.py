@@ -71,7 +71,7 @@ def build_attention(hf, cfg: DecoderConfig, i: int, proj: Projectors | None) -> 
         _set(attn.v_proj, enc @ w["v"], enc @ (v_b - mean))
         H, G, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         group = torch.arange(H) // (H // G)
-        per_head = dec.view(G, d, -1)[group]                             # (H, d, r)
+        per_head = dec.view(G, d, -1)[group] if value.head_decode is None else value.head_decode   # (H, d, r)
         W_o = w["o"].view(cfg.hidden_size, H, d)                         # (D, H, d)
         absorbed = torch.einsum("Dhd,hdr->Dhr", W_o, per_head).reshape(cfg.hidden_size, -1)   # (D, H*r)
         mean_per_head = mean.view(G, d)[group].reshape(-1)               # (H*d,)

@@ -4,8 +4,11 @@ PCA gives an orthonormal basis (encode = basis^T, decode = basis); output-aware 
 oblique (encode != decode^T). Only the product decode @ encode matters for quality; the split fixes what the
 cache stores.
 
+Values may carry one decode per query head (`head_decode`, trained projectors): the values' decode is absorbed
+into o_proj head by head, so each query head can read the shared latents its own way at no cost in cache bytes.
+
 Files: <name>.safetensors (tensors layers.{i}.key.basis (the decode, dim x r) / .key.encode (r x dim) /
-.key.mean, the same for value) and
+.key.mean, the same for value, and layers.{i}.value.head_decode (H x d x r) when present) and
 <name>.json (format, model fingerprint, key mode, ranks, sink, calibration). Never pickle. Loading refuses a
 file made for another model.
 """
@@ -29,6 +32,8 @@ class Codec:
     decode: torch.Tensor                            # (dim, r) float64; the 'basis'
     mean: torch.Tensor                              # (dim,)
     encode: torch.Tensor | None = None              # (r, dim); None: decode^T (an orthonormal basis)
+    head_decode: torch.Tensor | None = None         # (H, d, r): values only, query head h's own decode of the
+                                                    # latents into its KV head's d dims (decode: their group mean)
 
     def __post_init__(self):
         if self.encode is None:
@@ -68,6 +73,11 @@ class Projectors:
             if p is not None and p.decode.shape[0] != cfg.kv_dim:
                 raise UserError(f"projector width {p.decode.shape[0]} != model KV width {cfg.kv_dim}: "
                                 "they were made for another model; fit new ones with `make export`")
+            if p is not None and p.head_decode is not None and p.head_decode.shape[:2] != (cfg.num_heads,
+                                                                                           cfg.head_dim):
+                raise UserError(f"per-head value decodes for {p.head_decode.shape[0]} heads of "
+                                f"{p.head_decode.shape[1]}, the model has {cfg.num_heads} of {cfg.head_dim}: "
+                                "they were made for another model; fit new ones with `make export`")
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {}
@@ -77,6 +87,8 @@ class Projectors:
                     out[f"layers.{i}.{kind}.basis"] = p.decode.contiguous()
                     out[f"layers.{i}.{kind}.encode"] = p.encode.contiguous()
                     out[f"layers.{i}.{kind}.mean"] = p.mean.contiguous()
+                    if p.head_decode is not None:
+                        out[f"layers.{i}.{kind}.head_decode"] = p.head_decode.contiguous()
         return out
 
     def save(self, path_stem: str) -> str:
@@ -145,7 +157,8 @@ def load_projectors(path_stem: str, fingerprint: str | None = None) -> Projector
         raise UserError(f"{st} is corrupt ({e}): fit the projectors again") from None
     n = len(meta["ranks"]["key"])
     get = lambda i, kind: Codec(t[f"layers.{i}.{kind}.basis"], t[f"layers.{i}.{kind}.mean"],
-                                t.get(f"layers.{i}.{kind}.encode")) if f"layers.{i}.{kind}.basis" in t else None
+                                t.get(f"layers.{i}.{kind}.encode"), t.get(f"layers.{i}.{kind}.head_decode")) \
+        if f"layers.{i}.{kind}.basis" in t else None
     info = {k: v for k, v in meta.items() if k not in ("format", "key_mode", "ranks", "tensors_sha256")}
     return Projectors(meta["key_mode"], [get(i, "key") for i in range(n)], [get(i, "value") for i in range(n)], info)
 

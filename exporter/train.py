@@ -16,6 +16,7 @@ never the evaluation file; the best held-out state is kept. Deterministic for a 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, asdict
 
@@ -35,52 +36,99 @@ class TrainOptions:
     loss: str = "kl"
     max_steps: int = 64
     lr: float = 3e-4             # relative: each entry moves by about lr x its matrix's starting RMS per step
+    schedule: str = "constant"   # or 'cosine': the step size decays to 0 at max_steps
     window: int = 512            # tokens per training window (plus the sink)
     heldout_tokens: int = 2048   # after the calibration tokens in the same file
     eval_every: int = 8
     patience: int = 3            # held-out evaluations without improvement before stopping
     seed: int = 0
+    head_decode: bool = True     # values: one decode per query head (GQA models; free in the export)
+    tokens: int | None = None    # training tokens from the start of the calibration file; None: the calibration's
 
 
 class TrainableCodec(nn.Module):
     """One layer's key or value code, trained in whitened coordinates: encode = Ue^T W, decode = W^-1 Ud with W
     fixed (the output-aware whitening L^T, or I for PCA) and Ue, Ud (dim, r) the parameters. There they start
     as one orthonormal basis, every entry on one scale, which Adam's per-entry steps need: in raw
-    coordinates the decode of a whitened code spans orders of magnitude and training stalls or diverges."""
+    coordinates the decode of a whitened code spans orders of magnitude and training stalls or diverges.
 
-    def __init__(self, codec: Codec, white: tuple[torch.Tensor, torch.Tensor] | None = None):
+    With `groups` (values of a GQA model: the KV group of each query head) Ud is one (dim, r) per query head
+    and the output is each head's own decode of its group's dims, (B, T, H*d): free in the export, where the
+    values' decode is absorbed into o_proj head by head."""
+
+    def __init__(self, codec: Codec, white: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 groups: torch.Tensor | None = None):
         super().__init__()
         W, W_inv = white if white is not None else (None, None)
         eye = torch.eye(codec.mean.shape[0], dtype=torch.float64)
         W, W_inv = (eye, eye) if W is None else (W, W_inv)
+        ud = W @ codec.decode                                                        # (dim, r)
+        if groups is not None:
+            ud = ud.expand(len(groups), *ud.shape) if codec.head_decode is None else \
+                W @ _embed_heads(codec.head_decode, groups)                            # (H, dim, r)
+        self.groups = groups                                                          # (H,) or None
         self.ue = nn.Parameter((codec.encode @ W_inv).T.float().contiguous())        # (dim, r)
-        self.ud = nn.Parameter((W @ codec.decode).float().contiguous())              # (dim, r)
+        self.ud = nn.Parameter(ud.float().contiguous())                              # (dim, r) or (H, dim, r)
         self.register_buffer("w", W.float())                                          # (dim, dim)
         self.register_buffer("w_inv", W_inv.float())
         self.register_buffer("mean", codec.mean.float().clone())                      # (dim,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T, dim) -> coded x (B, T, dim)."""
+        """x (B, T, dim) -> coded x (B, T, dim), or per query head (B, T, H*d)."""
         c = (x - self.mean) @ self.w.T @ self.ue                                      # (B, T, r)
-        return self.mean + c @ self.ud.T @ self.w_inv.T
+        if self.groups is None:
+            return self.mean + c @ self.ud.T @ self.w_inv.T
+        dec, mean = self._head_decodes(self.w_inv, self.ud, self.mean)                # (H, d, r), (H, d)
+        return (torch.einsum("btr,hdr->bthd", c, dec) + mean).flatten(2)              # (B, T, H*d)
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, dim) laid out as forward's output: per query head (B, T, H*d) when decoding per head."""
+        if self.groups is None:
+            return x
+        B, T, _ = x.shape
+        return x.view(B, T, int(self.groups.max()) + 1, -1)[:, :, self.groups].flatten(2)
+
+    def _head_decodes(self, w_inv, ud, mean):
+        H, G = len(self.groups), int(self.groups.max()) + 1
+        heads = torch.arange(H)
+        dec = (w_inv @ ud).view(H, G, -1, ud.shape[-1])[heads, self.groups]          # (H, d, r)
+        return dec, mean.view(G, -1)[self.groups]                                     # (H, d, r), (H, d)
 
     def to_codec(self) -> Codec:
-        w, w_inv, ue, ud = (t.detach().double() for t in (self.w, self.w_inv, self.ue, self.ud))
-        return Codec(w_inv @ ud, self.mean.double(), ue.T @ w)
+        w, w_inv, ue, ud, mean = (t.detach().double() for t in (self.w, self.w_inv, self.ue, self.ud, self.mean))
+        if self.groups is None:
+            return Codec(w_inv @ ud, mean, ue.T @ w)
+        dec, _ = self._head_decodes(w_inv, ud, mean)                                  # (H, d, r)
+        G = int(self.groups.max()) + 1
+        shared = torch.stack([dec[self.groups == g].mean(0) for g in range(G)]).flatten(0, 1)   # (G*d, r)
+        return Codec(shared, mean, ue.T @ w, head_decode=dec)
+
+
+def _embed_heads(head_decode: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """(H, d, r) per-head decodes -> (H, G*d, r), each in its group's rows, zeros elsewhere."""
+    H, d, r = head_decode.shape
+    full = head_decode.new_zeros(H, int(groups.max()) + 1, d, r)
+    full[torch.arange(H), groups] = head_decode
+    return full.flatten(1, 2)
 
 
 class CodedDecoder:
     """The uncompressed decoder, with codecs hooked in where the projectors say (or not: the teacher)."""
 
-    def __init__(self, decoder, proj: Projectors, key_tap: str, whitening=None):
-        """whitening(layer, kind) -> (W, W^-1) or None: the coordinates training works in (TrainableCodec)."""
+    def __init__(self, decoder, proj: Projectors, key_tap: str, whitening=None, head_decode: bool = False):
+        """whitening(layer, kind) -> (W, W^-1) or None: the coordinates training works in (TrainableCodec).
+        head_decode: values decoded per query head (GQA models; always when the projectors carry them)."""
         self.decoder = decoder
         self.key_tap = key_tap
         self.codecs = nn.ModuleDict()
-        for i in range(len(decoder.blocks)):
+        for i, blk in enumerate(decoder.blocks):
+            H, G = blk.attn.H, blk.attn.G
             for kind, c in (("key", proj.key(i)), ("value", proj.value(i))):
-                if c is not None:
-                    self.codecs[f"{i}_{kind}"] = TrainableCodec(c, whitening(i, kind) if whitening else None)
+                if c is None:
+                    continue
+                per_head = kind == "value" and H != G and (head_decode or c.head_decode is not None)
+                groups = torch.arange(H) // (H // G) if per_head else None
+                self.codecs[f"{i}_{kind}"] = TrainableCodec(c, whitening(i, kind) if whitening else None, groups)
         self.errors: list[torch.Tensor] | None = None   # set: observe only and collect squared errors
 
     def hook(self, layer: int):
@@ -92,7 +140,7 @@ class CodedDecoder:
                 return None
             coded = self.codecs[key](x)
             if self.errors is not None:          # reconstruction loss: the sink (position 0) is exact anyway
-                self.errors.append((coded - x)[:, 1:].pow(2).sum(-1).mean())
+                self.errors.append((coded - self.codecs[key].layout(x))[:, 1:].pow(2).sum(-1).mean())
                 return None
             return coded
         return code
@@ -168,14 +216,25 @@ class Objective:
         return kl_loss(target, logits) if self.kind == "kl" else hidden_loss(target, states)
 
 
+def lr_factor(o: TrainOptions):
+    """step -> multiplier of the step size (LambdaLR); refuses unknown schedules."""
+    if o.schedule == "constant":
+        return lambda step: 1.0
+    if o.schedule == "cosine":
+        return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, o.max_steps) / o.max_steps))
+    raise UserError(f"training schedule {o.schedule!r} is unknown: use constant or cosine")
+
+
 def training_windows(tokenizer, calib: str, calib_tokens: int, o: TrainOptions, sink_id: int | None):
-    """(train, held-out) windows: the calibration tokens, then the next heldout_tokens of the same file."""
-    windows = token_windows(tokenizer, calib, o.window, calib_tokens + o.heldout_tokens, sink_id)
-    n_train = -(-calib_tokens // o.window)
+    """(train, held-out) windows: the first o.tokens of the calibration file (default: the calibration tokens),
+    then the next heldout_tokens of the same file."""
+    n = o.tokens or calib_tokens
+    windows = token_windows(tokenizer, calib, o.window, n + o.heldout_tokens, sink_id)
+    n_train = -(-n // o.window)
     train, heldout = windows[:n_train], windows[n_train:]
     if sum(len(w) - (sink_id is not None) for w in heldout) < o.heldout_tokens:
-        raise UserError(f"{calib} is too short to hold out {o.heldout_tokens} tokens after the "
-                        f"{calib_tokens} calibration tokens: pass a longer CALIB or lower --calib-tokens")
+        raise UserError(f"{calib} is too short to hold out {o.heldout_tokens} tokens after {n} training tokens: "
+                        "pass a longer CALIB, or lower --train-tokens or --calib-tokens")
     return train, heldout
 
 
@@ -192,11 +251,12 @@ def train_projectors(decoder, init: Projectors, key_tap: str, train: list[list[i
     torch.manual_seed(o.seed)
     for p in decoder.parameters():
         p.requires_grad_(False)
-    model = CodedDecoder(decoder, init, key_tap, whitening)
+    model = CodedDecoder(decoder, init, key_tap, whitening, o.head_decode)
     objective = Objective(model, o.loss)
     groups = [{"params": [p], "lr": o.lr * p.detach().pow(2).mean().sqrt().item()}
               for p in model.codecs.parameters()]
     opt = torch.optim.Adam(groups)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(o))
     order = torch.Generator().manual_seed(o.seed)
     t0 = time.time()
     best = heldout_loss(objective, heldout)
@@ -211,6 +271,7 @@ def train_projectors(decoder, init: Projectors, key_tap: str, train: list[list[i
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sched.step()
         running.append(loss.item())
         if step % o.eval_every and step != o.max_steps:
             continue

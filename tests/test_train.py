@@ -84,6 +84,15 @@ def test_hidden_loss_trains_and_coded_decoder_matches_the_folded_one(setup):
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
+def test_cosine_schedule_decays_to_zero_at_the_last_step():
+    from exporter.train import lr_factor
+    f = lr_factor(TrainOptions(schedule="cosine", max_steps=10))
+    assert f(0) == 1.0 and f(5) == pytest.approx(0.5) and f(10) == pytest.approx(0.0) and f(12) == f(10)
+    assert lr_factor(TrainOptions())(7) == 1.0
+    with pytest.raises(UserError, match="schedule"):
+        lr_factor(TrainOptions(schedule="linear"))
+
+
 def test_unknown_loss_and_short_text_are_refused(setup, tmp_path):
     loaded, dec, _ = setup
     with pytest.raises(UserError, match="unknown"):
@@ -107,3 +116,42 @@ def test_oblique_exports_match_onnx_runtime(tiny_export, method, mode):
     assert meta.extra["projector_method"] == method
     result = check_parity(ref, OrtModel(out, meta), prompts(meta.sink["token_id"]), meta.pad_token_id)
     assert result.greedy_identical and result.passed, result.to_json()
+
+
+def test_per_head_value_decodes_start_as_the_shared_code_and_survive_the_file(setup, tmp_path):
+    """Values decoded per query head (GQA: tiny llama has 4 query heads on 2 KV heads) start equal to the shared
+    decode, train apart, are saved and loaded with the projectors, and the folded decoder uses them."""
+    from exporter.projectors import load_projectors
+    loaded, dec, _ = setup
+    init = _fit(setup, "output-aware")
+    ids = torch.tensor([list(range(5, 60))])
+    with torch.no_grad():
+        shared, _ = CodedDecoder(dec, init, "key_pre")(ids)
+        per_head, _ = CodedDecoder(dec, init, "key_pre", head_decode=True)(ids)
+    assert torch.allclose(shared, per_head, atol=1e-5)
+    trained = _train(setup, init, "kl", steps=4, heldout=lambda train: train, lr=0.003)
+    hd = trained.values[0].head_decode                                  # (H, d, r)
+    assert hd.shape == (4, 16, 8) and not torch.allclose(hd[0], hd[1])  # heads 0 and 1 share KV head 0
+    trained.save(str(tmp_path / "p"))
+    back = load_projectors(str(tmp_path / "p"))
+    assert torch.equal(back.values[0].head_decode, hd)
+    with torch.no_grad():
+        want, _ = CodedDecoder(dec, back, "key_pre")(ids)
+        folded = build_decoder(loaded.model, back)
+        got = folded(ids, torch.ones_like(ids), torch.arange(ids.shape[1])[None], *folded.empty_past(1))[0]
+        plain = build_decoder(loaded.model, _without_head_decodes(back))
+        other = plain(ids, torch.ones_like(ids), torch.arange(ids.shape[1])[None], *plain.empty_past(1))[0]
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(got, other, atol=1e-4, rtol=1e-4)
+    bad = _without_head_decodes(back)
+    bad.values[0].head_decode = hd[:, :8]
+    with pytest.raises(UserError, match="per-head value decodes"):
+        bad.check_compatible(dec.cfg)
+
+
+def _without_head_decodes(proj):
+    import copy
+    out = copy.deepcopy(proj)
+    for v in out.values:
+        v.head_decode = None
+    return out

@@ -19,8 +19,9 @@ from .tolerances import GREEDY_STEPS
 
 
 def ranks_summary(ranks: list) -> str:
-    vals = sorted(set("full" if r is None else r for r in ranks), key=str)
-    return ",".join(map(str, vals))
+    """One value when every layer has it, else every layer's in order."""
+    shown = ["full" if r is None else str(r) for r in ranks]
+    return shown[0] if len(set(shown)) == 1 else ",".join(shown)
 
 
 def main(argv=None) -> int:
