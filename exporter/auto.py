@@ -27,6 +27,7 @@ from .text import token_windows
 from .train import CodedDecoder, Objective, heldout_loss
 
 PROBE_WINDOW = 512
+HELDOUT_WINDOW = 2048     # the perplexity convention; shorter where the model's positions end sooner
 
 
 @dataclass
@@ -73,9 +74,11 @@ class Search:
                  o: AutoOptions):
         self.decoder, self.cfg, self.stats, self.metric = decoder, cfg, stats, metric
         self.key_mode, self.sink, self.info, self.o = key_mode, sink, info, o
-        self.heldout = spread_windows(tok, calib, calib_tokens, o.heldout_tokens, sink)
-        probe = token_windows(tok, calib, PROBE_WINDOW, calib_tokens + o.probe_tokens, sink)
-        self.probe = probe[-(-calib_tokens // PROBE_WINDOW):]
+        fits = cfg.max_positions - (sink is not None)     # GPT-2's learned positions end at 1024
+        self.heldout = spread_windows(tok, calib, calib_tokens, o.heldout_tokens, sink, min(HELDOUT_WINDOW, fits))
+        probe_window = min(PROBE_WINDOW, fits)
+        skip = -(-calib_tokens // probe_window)               # windows holding calibration tokens
+        self.probe = token_windows(tok, calib, probe_window, skip * probe_window + o.probe_tokens, sink)[skip:]
         self.base_nll = [nll(decoder, [w], progress=False) for w in
                          tqdm(self.heldout, desc="held-out (original)", unit="window", leave=False)]
         self.base = perplexity(_summed(self.base_nll))
@@ -206,11 +209,12 @@ def report(choice: Candidate, reference: Candidate | None, dtype_bytes: int) -> 
               f"(with margin {c.ppl_bound:+.2f} %)  {c.ranks_text()}")
 
 
-def spread_windows(tok, calib: str, calib_tokens: int, n_tokens: int, sink) -> list[list[int]]:
-    """ceil(n_tokens / 2048) full windows of 2048, evenly spaced over the file after the calibration tokens."""
-    windows = token_windows(tok, calib, 2048, 1 << 62, sink)[-(-calib_tokens // 2048):]
-    windows = [w for w in windows if len(w) - (sink is not None) == 2048]
-    n = -(-n_tokens // 2048)
+def spread_windows(tok, calib: str, calib_tokens: int, n_tokens: int, sink, window: int = HELDOUT_WINDOW
+                   ) -> list[list[int]]:
+    """ceil(n_tokens / window) full windows, evenly spaced over the file after the calibration tokens."""
+    windows = token_windows(tok, calib, window, 1 << 62, sink)[-(-calib_tokens // window):]
+    windows = [w for w in windows if len(w) - (sink is not None) == window]
+    n = -(-n_tokens // window)
     if len(windows) < n:
         raise UserError(f"{calib} is too short to hold out {n_tokens} tokens after the {calib_tokens} "
                         "calibration tokens: pass a longer CALIB, lower --calib-tokens or --auto-heldout-tokens")

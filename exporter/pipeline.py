@@ -138,8 +138,10 @@ def fit_projectors(o: ExportOptions, hf, tok, cfg, full_decoder, stats, key_rank
     proj = fit_pca(stats, cfg, key_ranks, value_ranks, key_mode, sink, info, metric)
     if o.method != "trained":
         return proj
-    train, heldout = training_windows(tok, o.calib, o.calib_tokens, o.train, sink)
-    return train_projectors(full_decoder, proj, key_tap(cfg, key_mode), train, heldout, o.train,
+    fits = cfg.max_positions - (sink is not None)         # GPT-2's learned positions end at 1024
+    t = replace(o.train, window=min(o.train.window, fits))
+    train, heldout = training_windows(tok, o.calib, o.calib_tokens, t, sink)
+    return train_projectors(full_decoder, proj, key_tap(cfg, key_mode), train, heldout, t,
                             whitening=output_whitening(metric))
 
 

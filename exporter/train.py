@@ -229,8 +229,8 @@ def training_windows(tokenizer, calib: str, calib_tokens: int, o: TrainOptions, 
     """(train, held-out) windows: the first o.tokens of the calibration file (default: the calibration tokens),
     then the next heldout_tokens of the same file."""
     n = o.tokens or calib_tokens
-    windows = token_windows(tokenizer, calib, o.window, n + o.heldout_tokens, sink_id)
-    n_train = -(-n // o.window)
+    n_train = -(-n // o.window)                                # the last may hold fewer tokens
+    windows = token_windows(tokenizer, calib, o.window, n_train * o.window + o.heldout_tokens, sink_id)
     train, heldout = windows[:n_train], windows[n_train:]
     if sum(len(w) - (sink_id is not None) for w in heldout) < o.heldout_tokens:
         raise UserError(f"{calib} is too short to hold out {o.heldout_tokens} tokens after {n} training tokens: "

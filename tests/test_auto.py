@@ -123,3 +123,14 @@ def test_heldout_windows_are_spread_over_the_file_after_the_calibration_tokens(t
     assert starts == [2048, 5 * 2048, 9 * 2048]                 # first after calibration, last full window
     with pytest.raises(UserError, match="too short"):
         spread_windows(Tok(), str(f), 2048, 10 * 2048, sink=7)
+
+
+def test_auto_and_training_fit_a_model_with_few_positions(tiny_export):
+    """Tiny GPT-2 has 512 learned positions: held-out windows of 2048 and training windows of 512 plus the sink
+    must shrink to fit rather than index past the position table."""
+    from exporter.train import TrainOptions
+    out = tiny_export("gpt2", "auto", auto=AutoOptions(budget_bytes=100 * 4, probe_tokens=256, heldout_tokens=2048))
+    info = json.load(open(os.path.join(out, "projectors.json")))["auto"]
+    assert info["choice"]["dims"] <= 100
+    out = tiny_export("gpt2", 16, method="trained", train=TrainOptions(max_steps=2, eval_every=2))
+    assert json.load(open(os.path.join(out, "projectors.json")))["training"]["window"] == 511
