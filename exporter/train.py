@@ -10,7 +10,7 @@ Losses:
 
 The coded model is the uncompressed decoder with a codec hook in each attention (attention.Attention._code):
 x -> mean + decode @ encode @ (x - mean) on the same tensors the export caches, so what is trained is what is
-exported. Early stopping on a held-out slice of the calibration text (the tokens after the calibration ones),
+exported. Early stopping on a held-out slice of the calibration text (the tokens after the training ones),
 never the evaluation file; the best held-out state is kept. Deterministic for a seed on a given machine.
 """
 from __future__ import annotations
