@@ -18,17 +18,13 @@ import sys
 
 import torch
 
+from benchmarks.calibrated import calibrated
+from benchmarks.klt_quant import spectrum
 from exporter.bits import allocate_bits, quantized_mse, rate_distortion_bound
-from exporter.config import from_hf
-from exporter.fit import key_tap, kv_statistics
-from exporter.fold import build_decoder
-from exporter.load import load
-from exporter.pipeline import ExportOptions, sink_token_id
-from exporter.projectors import model_fingerprint
-
+from exporter.fit import key_tap
 
 def rows(cov: torch.Tensor, bits: float) -> dict:
-    lam = torch.linalg.eigvalsh(cov).clamp_min(0).flip(0).tolist()       # descending
+    lam, _ = spectrum(cov)                                               # descending
     var = torch.diagonal(cov).clamp_min(0).tolist()
     trace, total = sum(lam), int(round(bits * len(lam)))
     alloc = allocate_bits(lam, total)
@@ -45,13 +41,9 @@ def main(argv=None) -> int:
     p.add_argument("--bits", default="4,3,2")
     p.add_argument("--mode", default="pre-rope", help="which keys: pre-rope or post-rope")
     a = p.parse_args(argv)
-    loaded = load(a.model)
-    hf, tok = loaded.model, loaded.tokenizer
-    cfg, o = from_hf(hf.config), ExportOptions(model=a.model)
-    sink = sink_token_id(tok, "auto")
-    accs, _, info = kv_statistics(build_decoder(hf), tok, cfg, o.calib, o.calib_tokens, o.window, sink,
-                                  model_fingerprint(hf), "build")
-    print(f"{loaded.name}, calibration {info['file']} ({info['tokens']} tokens); error left / total variance, "
+    c = calibrated(a.model)
+    cfg, (accs, _, info) = c.cfg, c.stats
+    print(f"{c.loaded.name}, calibration {info['file']} ({info['tokens']} tokens); error left / total variance, "
           f"mean over {cfg.num_layers} layers\n")
     print("| tensor | bits/dim | Gaussian bound | KLT + spectral bits | raw uniform bits | KLT components coded |")
     print("| --- | --- | --- | --- | --- | --- |")

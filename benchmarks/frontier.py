@@ -24,13 +24,12 @@ from dataclasses import replace
 
 
 from benchmarks import kv_quant
-from exporter.config import from_hf
-from exporter.fit import kv_statistics, parse_rank, per_layer
+from benchmarks.calibrated import calibrated
+from exporter.fit import parse_rank, per_layer
 from exporter.fold import build_decoder
 from exporter.heldout import nll, perplexity
-from exporter.load import load
-from exporter.pipeline import ExportOptions, fit_projectors, sink_token_id
-from exporter.projectors import load_projectors, model_fingerprint
+from exporter.pipeline import ExportOptions, fit_projectors
+from exporter.projectors import load_projectors
 from exporter.text import DEFAULT_EVAL, token_windows
 from exporter.train import TrainOptions
 
@@ -45,16 +44,10 @@ def low_rank_bytes(proj, cfg) -> int:
 class Frontier:
     def __init__(self, a):
         self.a = a
-        self.loaded = load(a.model)
-        hf, tok = self.loaded.model, self.loaded.tokenizer
-        self.cfg = from_hf(hf.config)
-        self.o = ExportOptions(model=a.model, calib_tokens=a.calib_tokens)
-        self.sink = sink_token_id(tok, "auto")
-        self.fingerprint = model_fingerprint(hf)
-        self.full = build_decoder(hf)
-        self.stats = kv_statistics(self.full, tok, self.cfg, self.o.calib, self.o.calib_tokens, self.o.window,
-                                   self.sink, self.fingerprint, "build")
-        self.windows = token_windows(tok, a.eval, 2048, a.eval_tokens, self.sink)
+        c = calibrated(a.model, a.calib_tokens)
+        self.loaded, self.cfg, self.o, self.sink = c.loaded, c.cfg, c.options, c.sink
+        self.fingerprint, self.full, self.stats = c.fingerprint, c.decoder, c.stats
+        self.windows = token_windows(c.loaded.tokenizer, a.eval, 2048, a.eval_tokens, self.sink)
         self.rows = []
 
     def add(self, label: str, method: str, mode: str, nll_n, bytes_: float, extra=None):

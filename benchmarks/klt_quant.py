@@ -19,30 +19,29 @@ import sys
 import torch
 
 from exporter.bits import allocate_bits
-from exporter.config import from_hf
-from exporter.fit import kv_statistics
-from exporter.fold import build_decoder
 from exporter.heldout import nll, perplexity
-from exporter.load import load
-from exporter.pipeline import ExportOptions, sink_token_id
-from exporter.projectors import model_fingerprint
-from exporter.text import DEFAULT_EVAL, token_windows
+from exporter.text import DEFAULT_EVAL, fitting_window, token_windows
 
+from .calibrated import calibrated
 from . import kv_quant
 
 GROUP = kv_quant.GROUP
 SCALE_BYTES = kv_quant.SCALE_BYTES
 
 
+def spectrum(cov: torch.Tensor) -> tuple[list[float], torch.Tensor]:
+    """Eigenvalues (descending, clipped at 0) and eigenvectors as columns (C, C) of a covariance."""
+    evals, evecs = torch.linalg.eigh(cov)                                       # ascending
+    order = torch.argsort(evals, descending=True, stable=True)
+    return evals[order].clamp_min(0).tolist(), evecs[:, order]
+
+
 class KLTCode:
     """One tensor's transform code: x -> mean + U q(U^T (x - mean)), q quantizing component i with bits[i]."""
 
-    def __init__(self, cov: torch.Tensor, mean: torch.Tensor, avg_bits: float):
-        evals, evecs = torch.linalg.eigh(cov)                                   # ascending
-        order = torch.argsort(evals, descending=True, stable=True)
-        self.u = evecs[:, order].float()                                        # (C, C)
-        self.mean = mean.float()
-        lam = evals[order].clamp_min(0).tolist()
+    def __init__(self, spec: tuple[list[float], torch.Tensor], mean: torch.Tensor, avg_bits: float):
+        lam, u = spec
+        self.u, self.mean = u.float(), mean.float()                             # (C, C), (C,)
         self.bits = allocate_bits(lam, int(round(avg_bits * len(lam))))
         self.keep = torch.tensor([b > 0 for b in self.bits])
 
@@ -59,15 +58,18 @@ class KLTCode:
         return sum(self.bits) / 8 + int(self.keep.sum()) * SCALE_BYTES / GROUP
 
 
-def klt_codes(accs, layers: int, avg_bits: float) -> dict:
-    return {(i, k): KLTCode(accs[(i, tap)].covariance(), accs[(i, tap)].mean, avg_bits)
-            for i in range(layers) for k, tap in (("key", "key_pre"), ("value", "value"))}
+TAPS = {"key": "key_pre", "value": "value"}
+
+
+def klt_codes(accs, spectra: dict, avg_bits: float) -> dict:
+    """(layer, 'key'|'value') -> KLTCode at avg_bits; spectra: the same keys -> spectrum(covariance)."""
+    return {(i, k): KLTCode(spec, accs[(i, TAPS[k])].mean, avg_bits) for (i, k), spec in spectra.items()}
 
 
 def klt_hook(codes: dict):
     """layer -> an Attention.codec hook coding pre-RoPE keys and values with that layer's codes."""
-    taps = {"key_pre": "key", "value": "value"}
-    return lambda i: (lambda name, x: codes[(i, taps[name])](x) if name in taps else None)
+    kind = {tap: k for k, tap in TAPS.items()}
+    return lambda i: (lambda name, x: codes[(i, kind[name])](x) if name in kind else None)
 
 
 def klt_bytes(codes: dict) -> float:
@@ -81,15 +83,11 @@ def main(argv=None) -> int:
     p.add_argument("--bits", default="4,3,2")
     p.add_argument("--eval-tokens", type=int, default=8192)
     a = p.parse_args(argv)
-    loaded = load(a.model)
-    hf, tok = loaded.model, loaded.tokenizer
-    cfg, o = from_hf(hf.config), ExportOptions(model=a.model)
-    sink = sink_token_id(tok, "auto")
-    dec = build_decoder(hf)
-    accs, _, _ = kv_statistics(dec, tok, cfg, o.calib, o.calib_tokens, o.window, sink, model_fingerprint(hf),
-                               "build")
-    window = min(2048, cfg.max_positions - (sink is not None))
-    windows = token_windows(tok, DEFAULT_EVAL, window, a.eval_tokens, sink)
+    c = calibrated(a.model)
+    cfg, sink, dec, (accs, _, _), loaded = c.cfg, c.sink, c.decoder, c.stats, c.loaded
+    spectra = {(i, k): spectrum(accs[(i, tap)].covariance()) for i in range(cfg.num_layers) for k, tap in TAPS.items()}
+    window = fitting_window(2048, cfg.max_positions, sink)
+    windows = token_windows(loaded.tokenizer, DEFAULT_EVAL, window, a.eval_tokens, sink)
     base = perplexity(nll(dec, windows, desc="original"))
     fp16 = cfg.num_layers * 2 * cfg.kv_dim * 2
     print(f"{loaded.name}: {a.eval_tokens} tokens of {DEFAULT_EVAL.name}, windows of {window} after the sink; "
@@ -100,13 +98,13 @@ def main(argv=None) -> int:
         kivi = kv_quant.codec(b)
         nbytes = kv_quant.bytes_per_token(b, cfg.num_layers, cfg.kv_dim)
         rows = [("KIVI-like (raw keys per channel, values per token)", lambda i: kivi, nbytes)]
-        codes = klt_codes(accs, cfg.num_layers, b)
+        codes = klt_codes(accs, spectra, b)
         rows.append(("KLT + spectral bits (pre-RoPE keys)", klt_hook(codes), klt_bytes(codes)))
         lo, hi = 0.0, float(b)                          # the same at KIVI's bytes, scales counted: bisect avg bits
         for _ in range(12):
             mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if klt_bytes(klt_codes(accs, cfg.num_layers, mid)) <= nbytes else (lo, mid)
-        codes = klt_codes(accs, cfg.num_layers, lo)
+            lo, hi = (mid, hi) if klt_bytes(klt_codes(accs, spectra, mid)) <= nbytes else (lo, mid)
+        codes = klt_codes(accs, spectra, lo)
         rows.append((f"KLT + spectral bits at KIVI's bytes ({lo:.2f} bits/dim)", klt_hook(codes), klt_bytes(codes)))
         for label, make, nb in rows:
             ppl = perplexity(nll(dec, windows, codec=make, desc=label[:12]))

@@ -22,7 +22,7 @@ from exporter.fold import build_decoder
 from exporter.load import load
 from exporter.pipeline import ExportOptions, default_out, run_export
 from exporter.projectors import load_projectors
-from exporter.text import DEFAULT_EVAL, token_windows
+from exporter.text import DEFAULT_EVAL, fitting_window, token_windows
 from graphs.contract import CacheLayout, CacheShape, kv_bytes_per_token
 from graphs.metadata import load_metadata
 from validate.ort_model import OrtModel
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
             settings.append((k, "—" if k == "full" else mode, out))
     meta0 = load_metadata(settings[0][2])
     sink = meta0.sink["token_id"]
-    window = min(a.window, meta0.model["max_positions"] - (sink is not None))
+    window = fitting_window(a.window, meta0.model["max_positions"], sink)
     windows = token_windows(tok, a.eval, window, a.eval_tokens, sink)
     print(f"original model logits for {len(windows)} windows ...", flush=True)
     original = [hf_logits(hf, w) for w in windows]

@@ -1,7 +1,7 @@
 """Held-out KL curves of projector training at several step sizes: how the default (exporter/train.py) was chosen.
 
     python -m benchmarks.train_curves [--ranks 96/96] [--mode pre-rope] [--lrs 0.01,0.003,0.001,0.0003] [--steps 16]
-                                      [--head-decode 1] [--schedule constant] [--calib-tokens N]
+                                      [--head-decode 1] [--schedule constant] [--train-tokens N]
 
 Output-aware projectors at the given ranks, then training with the KL loss, evaluated every 4 steps on the
 held-out calibration slice, no early stopping. Prints one line per step size: [(step, held-out KL), ...].
@@ -11,12 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from exporter.config import from_hf
-from exporter.fit import fit_pca, key_tap, kv_statistics, output_metrics, output_whitening, per_layer
-from exporter.fold import build_decoder
-from exporter.load import load
-from exporter.pipeline import ExportOptions, sink_token_id
-from exporter.projectors import model_fingerprint
+from benchmarks.calibrated import calibrated
+from exporter.fit import fit_pca, key_tap, output_metrics, output_whitening, per_layer
 from exporter.train import TrainOptions, train_projectors, training_windows
 
 
@@ -30,24 +26,20 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--head-decode", default="1", help="values decoded per query head: 1, 0, or both (0,1)")
     p.add_argument("--schedule", default="constant", help="constant or cosine (decays to 0 at --steps)")
-    p.add_argument("--calib-tokens", type=int, default=None, help="training tokens (default: the export's)")
+    p.add_argument("--train-tokens", type=int, default=None,
+                   help="training tokens from the start of the calibration file (default: the calibration tokens)")
     a = p.parse_args(argv)
-    loaded = load(a.model)
-    hf, tok = loaded.model, loaded.tokenizer
-    cfg, o = from_hf(hf.config), ExportOptions(model=a.model)
-    train_tokens = a.calib_tokens or o.calib_tokens
-    sink = sink_token_id(tok, "auto")
-    full = build_decoder(hf)
-    stats = kv_statistics(full, tok, cfg, o.calib, o.calib_tokens, o.window, sink, model_fingerprint(hf), "build")
-    metric = output_metrics(hf, cfg, stats, a.mode)
+    c = calibrated(a.model)
+    cfg, o, sink, full, stats, tok = c.cfg, c.options, c.sink, c.decoder, c.stats, c.loaded.tokenizer
+    metric = output_metrics(c.loaded.model, cfg, stats, a.mode)
     kr, vr = (int(x) for x in a.ranks.split("/"))
     init = fit_pca(stats, cfg, per_layer(kr, cfg.num_layers), per_layer(vr, cfg.num_layers), a.mode, sink, {},
                    metric)
     for lr in (float(x) for x in a.lrs.split(",")):
         for per_head in (x == "1" for x in a.head_decode.split(",")):
             t = TrainOptions(lr=lr, max_steps=a.steps, eval_every=4, patience=a.steps, head_decode=per_head,
-                             schedule=a.schedule)
-            train, heldout = training_windows(tok, o.calib, train_tokens, t, sink)
+                             schedule=a.schedule, tokens=a.train_tokens)
+            train, heldout = training_windows(tok, o.calib, o.calib_tokens, t, sink)
             proj = train_projectors(full, init, key_tap(cfg, a.mode), train, heldout, t, progress=False,
                                     whitening=output_whitening(metric))
             curve = [(c["step"], round(c["heldout"], 4)) for c in proj.info["training"]["curve"]]

@@ -36,7 +36,7 @@ from .load import load
 from .pipeline import ExportOptions, sink_token_id
 from .projectors import Projectors, model_fingerprint
 from .stats_cache import cache_key
-from .text import DEFAULT_CALIB, DEFAULT_EVAL, file_sha256, token_windows
+from .text import DEFAULT_CALIB, DEFAULT_EVAL, file_sha256, fitting_window, token_windows
 
 TAPS = ("hidden", "query_post", "key_pre", "key_post", "value")
 TAP_TITLES = {"hidden": "residual stream (hidden states)", "query_pre": "queries before RoPE",
@@ -556,7 +556,7 @@ def score(settings: list[Setting], hf, tok, cfg: DecoderConfig, stats, sink_id, 
     from validate.quality import measure
     if not settings:
         return None
-    window = min(o.eval_window, cfg.max_positions - (sink_id is not None))
+    window = fitting_window(o.eval_window, cfg.max_positions, sink_id)
     windows = token_windows(tok, o.eval, window, max(s.tokens for s in settings), sink_id)
     original = OriginalLogits(hf, windows, os.path.join(tmp, "original-logits"))
     sink_token = tok.convert_ids_to_tokens(sink_id) if sink_id is not None else None

@@ -23,7 +23,7 @@ from .errors import UserError
 from .fit import fit_pca, key_tap
 from .heldout import nll, perplexity
 from .ranks import KINDS, allocate, residual_curve
-from .text import token_windows
+from .text import fitting_window, token_windows
 from .train import CodedDecoder, Objective, heldout_loss
 
 PROBE_WINDOW = 512
@@ -74,9 +74,9 @@ class Search:
                  o: AutoOptions):
         self.decoder, self.cfg, self.stats, self.metric = decoder, cfg, stats, metric
         self.key_mode, self.sink, self.info, self.o = key_mode, sink, info, o
-        fits = cfg.max_positions - (sink is not None)     # GPT-2's learned positions end at 1024
-        self.heldout = spread_windows(tok, calib, calib_tokens, o.heldout_tokens, sink, min(HELDOUT_WINDOW, fits))
-        probe_window = min(PROBE_WINDOW, fits)
+        self.heldout = spread_windows(tok, calib, calib_tokens, o.heldout_tokens, sink,
+                                      fitting_window(HELDOUT_WINDOW, cfg.max_positions, sink))
+        probe_window = fitting_window(PROBE_WINDOW, cfg.max_positions, sink)
         skip = -(-calib_tokens // probe_window)               # windows holding calibration tokens
         self.probe = token_windows(tok, calib, probe_window, skip * probe_window + o.probe_tokens, sink)[skip:]
         self.base_nll = [nll(decoder, [w], progress=False) for w in

@@ -18,7 +18,7 @@ from .fit import (METHODS, fit_pca, key_tap, kv_statistics, output_metrics, outp
 from .fold import build_decoder
 from .load import load
 from .projectors import load_projectors, model_fingerprint
-from .text import DEFAULT_CALIB
+from .text import DEFAULT_CALIB, fitting_window
 from .train import TrainOptions, train_projectors, training_windows
 
 DEFAULT_KEY_MODE = "pre-rope"
@@ -138,8 +138,7 @@ def fit_projectors(o: ExportOptions, hf, tok, cfg, full_decoder, stats, key_rank
     proj = fit_pca(stats, cfg, key_ranks, value_ranks, key_mode, sink, info, metric)
     if o.method != "trained":
         return proj
-    fits = cfg.max_positions - (sink is not None)         # GPT-2's learned positions end at 1024
-    t = replace(o.train, window=min(o.train.window, fits))
+    t = replace(o.train, window=fitting_window(o.train.window, cfg.max_positions, sink))
     train, heldout = training_windows(tok, o.calib, o.calib_tokens, t, sink)
     return train_projectors(full_decoder, proj, key_tap(cfg, key_mode), train, heldout, t,
                             whitening=output_whitening(metric))

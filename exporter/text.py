@@ -36,6 +36,11 @@ def file_sha256(path: str | os.PathLike) -> str:
     return sha256_file(str(_require_file(path)))
 
 
+def fitting_window(window: int, max_positions: int, sink_id: int | None) -> int:
+    """The window, shortened where the model's positions end sooner (GPT-2's learned 1024) with the sink first."""
+    return min(window, max_positions - (sink_id is not None))
+
+
 def token_windows(tokenizer, path, window: int, max_tokens: int, sink_id: int | None,
                   min_tokens: int = 0) -> list[list[int]]:
     """Non-overlapping windows of `window` tokens of the whole file tokenized as one string, each prefixed with

@@ -60,12 +60,13 @@ def test_bad_input_is_refused():
 
 def test_simulated_klt_code_keeps_the_sink_drops_unfunded_components_and_counts_its_bytes():
     import torch
-    from benchmarks.klt_quant import KLTCode
+    from benchmarks.klt_quant import KLTCode, spectrum
     g = torch.Generator().manual_seed(0)
     mix = torch.randn(8, 8, generator=g, dtype=torch.float64) * torch.tensor([4.0, 2, 1, 1, .5, .1, .01, .001])
     x = (torch.randn(1, 70, 8, generator=g, dtype=torch.float64) @ mix.T).float()     # (B, T, C)
     cov = torch.cov(x[0].double().T)
-    fine, coarse = KLTCode(cov, x[0].double().mean(0), 8.0), KLTCode(cov, x[0].double().mean(0), 1.0)
+    spec, mean = spectrum(cov), x[0].double().mean(0)
+    fine, coarse = KLTCode(spec, mean, 8.0), KLTCode(spec, mean, 1.0)
     assert sum(fine.bits) == 64 and sum(coarse.bits) == 8
     yf, yc = fine(x), coarse(x)
     assert torch.equal(yf[:, 0], x[:, 0]) and torch.equal(yc[:, 0], x[:, 0])         # the sink is exact
