@@ -28,6 +28,9 @@ TRAIN_LR  ?=
 TRAIN_SCHEDULE ?=
 TRAIN_TOKENS ?=
 FRONTIER_ARGS ?=
+QUANT     ?=
+QUANT_RATIO ?= 4
+QUANT_SCALES ?= static
 EXPORT    ?= build/latest
 PROMPT    ?= The capital of France is
 CHAT      ?=
@@ -39,11 +42,13 @@ TEXT      ?=
 
 help:
 	@echo "make export [MODEL=id|dir|file.gguf] [K=128|full] [K_KEY=] [K_VALUE=] [KEY_MODE=pre-rope|post-rope] [CALIB=file] [SEED=0]"
-	@echo "            [DTYPE=float32|float16] [CACHE=concat|shared-buffer] [METHOD=pca|output-aware|trained]"
+	@echo "            [DTYPE=float32|float16] [CACHE=concat|shared-buffer] [METHOD=pca|output-aware|trained|raw]"
 	@echo "            [TRAIN_LOSS=kl|hidden|reconstruction] [TRAIN_STEPS=64] [TRAIN_LR=3e-4] [TRAIN_SCHEDULE=constant|cosine]"
 	@echo "            [TRAIN_TOKENS=<training tokens of CALIB; default: the calibration tokens>]"
+	@echo "make export QUANT=spectral|uniform [QUANT_RATIO=4] [QUANT_SCALES=static|token]  quantized latents, bits by"
+	@echo "            the spectrum, QUANT_RATIO x fewer bytes than a float16 cache (K=full METHOD=raw QUANT=uniform: plain KV quantization)"
 	@echo "make export K=auto BUDGET=<KV B/token> | MAX_PPL_INCREASE=2%  [TIE_RANKS=1]   per-layer ranks (docs/projectors.md)"
-	@echo "make frontier [FRONTIER_ARGS=...]        perplexity vs KV bytes: PCA, output-aware, trained, int8/int4 -> build/frontier-<model>.md"
+	@echo "make frontier [FRONTIER_ARGS=...]        perplexity vs KV bytes: PCA, output-aware, trained, quantized caches -> build/frontier-<model>.md"
 	@echo "make validate [EXPORT=build/latest]      parity vs PyTorch + cost of compression -> EXPORT/report.md"
 	@echo "make generate PROMPT='...' [CHAT=1]       generation with ONNX Runtime only"
 	@echo "make analyze [MODEL=] [TEXT=file]        spectra, robust Df, weight spectra, memory table -> build/analyze-<model>/"
@@ -76,7 +81,8 @@ export: setup
 		$(if $(BUDGET),--budget "$(BUDGET)") $(if $(MAX_PPL_INCREASE),--max-ppl-increase "$(MAX_PPL_INCREASE)") \
 		$(if $(TIE_RANKS),--tie-ranks) --train-loss "$(TRAIN_LOSS)" --train-steps "$(TRAIN_STEPS)" \
 		$(if $(TRAIN_LR),--train-lr "$(TRAIN_LR)") $(if $(TRAIN_SCHEDULE),--train-schedule "$(TRAIN_SCHEDULE)") \
-		$(if $(TRAIN_TOKENS),--train-tokens "$(TRAIN_TOKENS)")
+		$(if $(TRAIN_TOKENS),--train-tokens "$(TRAIN_TOKENS)") \
+		$(if $(QUANT),--quant "$(QUANT)" --quant-ratio "$(QUANT_RATIO)" --quant-scales "$(QUANT_SCALES)")
 
 frontier: setup
 	$(PYTHON) -m benchmarks.frontier $(FRONTIER_ARGS)

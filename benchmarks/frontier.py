@@ -1,8 +1,15 @@
-"""Perplexity against KV bytes per token: PCA, output-aware and trained projectors at the same budgets, with
-the uncompressed model and simulated int8/int4 KV quantization (benchmarks/kv_quant.py) in the same run.
+"""Perplexity against KV bytes per token: PCA, output-aware and trained projectors at the same budgets, and
+quantized caches (exporter/quantize.py) at given ratios, with the uncompressed model in the same run.
 
     python -m benchmarks.frontier [--ranks 64/64,96/96,128/128] [--modes pre-rope,post-rope]
-        [--methods pca,output-aware,trained] [--quant 8,4] [--eval-tokens 32768] [--train-steps 64]
+        [--methods pca,output-aware,trained] [--eval-tokens 32768] [--train-steps 64]
+        [--quantized raw/full/uniform/static,output-aware/full/spectral/static --ratios 4,8,16]
+        [--quant 8,4]   (the older simulated KIVI-like lines, benchmarks/kv_quant.py)
+
+Quantized settings are METHOD/K/ALLOCATION/SCALES[/WEIGHTS[/SENSITIVITY[/PROBE_ROUNDS]]], exactly what `make export METHOD=
+K= QUANT= QUANT_SCALES=` (and `--quant-weights`, `--quant-sensitivity`) builds (raw/full/uniform/static is plain KV quantization: no transform, the same bits everywhere, steps from
+calibration; SCALES may be KEY-VALUE, e.g. static-token), each at every ratio of --ratios (times fewer bytes
+than the float16 cache, scale bytes counted); their bytes are the packed uint8 cache's.
 
 Ranks are K_KEY/K_VALUE ('full' allowed). Perplexity follows the shared/data convention (WikiText-2 test,
 windows of 2048 after the sink, 32,768 tokens scored by default) and is computed with the PyTorch reference
@@ -25,11 +32,14 @@ from dataclasses import replace
 
 from benchmarks import kv_quant
 from benchmarks.calibrated import calibrated
-from exporter.fit import parse_rank, per_layer
+from exporter.export import layout_of
+from exporter.fit import fit_raw, parse_rank, per_layer
 from exporter.fold import build_decoder
 from exporter.heldout import nll, perplexity
-from exporter.pipeline import ExportOptions, fit_projectors
+from exporter.pipeline import ExportOptions, fit_projectors, quantize, quantizer_samples
 from exporter.projectors import load_projectors
+from exporter.quantize import QuantOptions
+from graphs.contract import kv_bytes_per_token
 from exporter.text import DEFAULT_EVAL, token_windows
 from exporter.train import TrainOptions
 
@@ -49,15 +59,16 @@ class Frontier:
         self.fingerprint, self.full, self.stats = c.fingerprint, c.decoder, c.stats
         self.windows = token_windows(c.loaded.tokenizer, a.eval, 2048, a.eval_tokens, self.sink)
         self.rows = []
+        self.samples = {}        # key mode -> calibration samples for static quantizer scales
 
     def add(self, label: str, method: str, mode: str, nll_n, bytes_: float, extra=None):
         ppl = perplexity(nll_n)
         base = self.rows[0]["ppl"] if self.rows else ppl
-        row = {"setting": label, "method": method, "key_mode": mode, "bytes_per_token_fp16": round(bytes_, 1),
+        row = {"setting": label, "method": method, "key_mode": mode, "bytes_per_token": round(bytes_, 1),
                "ratio_vs_fp16": round(2 * self.cfg.num_layers * self.cfg.kv_dim * FP16 / bytes_, 2),
                "ppl": ppl, "ppl_increase_pct": 100 * (ppl / base - 1), "tokens": nll_n[1], **(extra or {})}
         self.rows.append(row)
-        print(f"{label:38s} {row['bytes_per_token_fp16']:>9} B/token  ppl {ppl:.3f}  "
+        print(f"{label:38s} {row['bytes_per_token']:>9} B/token  ppl {ppl:.3f}  "
               f"({row['ppl_increase_pct']:+.2f} %)", flush=True)
 
     def projectors(self, method: str, mode: str, kr, vr):
@@ -76,15 +87,41 @@ class Frontier:
             proj.save(stem)
         return proj
 
+    def quantized(self, spec: str, ratio: float, mode: str):
+        """One quantized setting METHOD/K/ALLOCATION/SCALES at one ratio, fitted as the exporter fits it."""
+        method, k, allocation, scales, *more = spec.split("/")      # more: WEIGHTS, SENSITIVITY
+        key_scales, _, value_scales = scales.partition("-")
+        cfg, hf = self.cfg, self.loaded.model
+        t0 = time.time()
+        if method == "raw":
+            proj = fit_raw(self.stats, cfg, mode, self.sink, {})
+        else:
+            r = parse_rank(k, cfg.kv_dim, "K") or cfg.kv_dim
+            proj = self.projectors(method, mode, r, r)
+        q = QuantOptions(allocation, ratio, key_scales, value_scales or key_scales,
+                         **dict(zip(("weights", "sensitivity", "probe_rounds"), more[:2] + [int(x) for x in more[2:]])))
+        o = replace(self.o, method=method, quant=q)
+        if mode not in self.samples:
+            self.samples[mode] = quantizer_samples(o, self.loaded.tokenizer, cfg, self.full, mode, self.sink)
+        proj = quantize(o, hf, self.loaded.tokenizer, cfg, self.full, self.stats, proj, self.sink, {},
+                        self.samples[mode])
+        dec = build_decoder(hf, proj)
+        self.add(f"{spec} {mode} {ratio:g}x", spec, mode, nll(dec, self.windows),
+                 kv_bytes_per_token(layout_of(dec)))
+        self.rows[-1]["seconds"] = round(time.time() - t0, 1)
+
     def run(self):
         a, cfg = self.a, self.cfg
         self.add("uncompressed", "none", "-", nll(self.full, self.windows), 2 * cfg.num_layers * cfg.kv_dim * FP16)
+        for spec in [s for s in a.quantized.split(",") if s]:
+            for ratio in [float(r) for r in a.ratios.split(",")]:
+                self.quantized(spec, ratio, a.modes.split(",")[0])
         for bits in [int(b) for b in a.quant.split(",") if b]:
             self.add(f"int{bits} KV (simulated, per channel)", f"int{bits}", "-",
                      nll(self.full, self.windows, lambda i: kv_quant.codec(bits)),
                      kv_quant.bytes_per_token(bits, cfg.num_layers, cfg.kv_dim))
         for mode in a.modes.split(","):
-            for spec in a.ranks.split(","):
+            for spec in [s for s in a.ranks.split(",") if s]:
                 ks, vs = spec.split("/") if "/" in spec else (spec, spec)
                 kr, vr = parse_rank(ks, cfg.kv_dim, "K_KEY"), parse_rank(vs, cfg.kv_dim, "K_VALUE")
                 for method in a.methods.split(","):
@@ -99,9 +136,9 @@ class Frontier:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| setting | KV B/token (fp16) | x fewer than fp16 | perplexity | change |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| setting | KV B/token | x fewer than fp16 | perplexity | change |", "| --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['setting']} | {r['bytes_per_token_fp16']:g} | {r['ratio_vs_fp16']:.2f} | "
+        lines.append(f"| {r['setting']} | {r['bytes_per_token']:g} | {r['ratio_vs_fp16']:.2f} | "
                      f"{r['ppl']:.3f} | {r['ppl_increase_pct']:+.2f} % |")
     return "\n".join(lines)
 
@@ -115,11 +152,11 @@ def plot(rows: list[dict], path: str) -> None:
     ax.axhline(base["ppl"], color="k", lw=0.8, label="uncompressed")
     for r in rows[1:]:
         if r["method"].startswith("int"):
-            ax.scatter(r["bytes_per_token_fp16"], r["ppl"], marker="x", color="k")
-            ax.annotate(r["method"], (r["bytes_per_token_fp16"], r["ppl"]), fontsize=8)
+            ax.scatter(r["bytes_per_token"], r["ppl"], marker="x", color="k")
+            ax.annotate(r["method"], (r["bytes_per_token"], r["ppl"]), fontsize=8)
     for (method, mode), color in zip(sorted({(r["method"], r["key_mode"]) for r in rows if r["key_mode"] != "-"}),
                                      plt.rcParams["axes.prop_cycle"].by_key()["color"]):
-        pts = sorted((r["bytes_per_token_fp16"], r["ppl"]) for r in rows
+        pts = sorted((r["bytes_per_token"], r["ppl"]) for r in rows
                      if r["method"] == method and r["key_mode"] == mode)
         ax.plot(*zip(*pts), "o-", color=color, label=f"{method} {mode}")
     ax.set_xlabel("KV cache bytes per token (float16)")
@@ -137,7 +174,10 @@ def main(argv=None) -> int:
     p.add_argument("--ranks", default="64/64,96/96,128/128", help="K_KEY/K_VALUE pairs")
     p.add_argument("--modes", default="pre-rope,post-rope")
     p.add_argument("--methods", default="pca,output-aware,trained")
-    p.add_argument("--quant", default="8,4", help="bits of the simulated KV quantization lines")
+    p.add_argument("--quant", default="", help="bits of the simulated KIVI-like lines (kv_quant.py), e.g. 4,2")
+    p.add_argument("--quantized", default="", help="quantized caches METHOD/K/ALLOCATION/SCALES, comma-separated "
+                                                  "(keys in the first of --modes)")
+    p.add_argument("--ratios", default="4,8,16", help="quantized caches: times fewer bytes than float16")
     p.add_argument("--eval", default=str(DEFAULT_EVAL))
     p.add_argument("--eval-tokens", type=int, default=32768)
     p.add_argument("--calib-tokens", type=int, default=ExportOptions.calib_tokens)

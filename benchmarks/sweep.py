@@ -25,6 +25,7 @@ from exporter.projectors import load_projectors
 from exporter.text import DEFAULT_EVAL, fitting_window, token_windows
 from graphs.contract import CacheLayout, CacheShape, kv_bytes_per_token
 from graphs.metadata import load_metadata
+from validate.kv_bytes import measured_bytes_per_token
 from validate.ort_model import OrtModel
 from validate.parity import check_parity, parity_prompts
 from validate.quality import hf_logits, measure
@@ -67,7 +68,9 @@ def main(argv=None) -> int:
         meta = load_metadata(out)
         ranks = meta.ranks
         k = ranks_label(ranks["key"], ranks["value"])
-        settings.append((f"{k} ({meta.extra.get('projector_method') or 'none'})", meta.key_mode, out))
+        q = meta.extra.get("quant")
+        bits = f", {q['allocation']} bits {q['ratio']:g}x {'/'.join(sorted(set(q['scales'].values())))}" if q else ""
+        settings.append((f"{k} ({meta.extra.get('projector_method') or 'none'}{bits})", meta.key_mode, out))
     for k in ([] if a.exports else a.k.split(",")):
         for mode in (["pre-rope"] if k == "full" else a.modes.split(",")):
             o = ExportOptions(model=a.model, k=k, key_mode=mode)
@@ -94,6 +97,7 @@ def main(argv=None) -> int:
         ref = build_decoder(hf, proj)
         ort_model = OrtModel(out, meta)
         par = check_parity(ref, ort_model, parity_prompts(tok, sink, 300, a.eval), meta.pad_token_id)
+        measured = measured_bytes_per_token(ort_model)
         del ref
         q = measure(lambda i, ids: original[i], ort_model, windows, sink is not None, a.eval, window,
                     meta.sink["token"])
@@ -102,22 +106,24 @@ def main(argv=None) -> int:
         row = {"k": k, "key_mode": mode, "export": out, "ppl_original": q.ppl_original,
                "ppl": q.ppl_compressed, "ppl_increase_pct": q.ppl_increase_pct, "kl": q.kl_mean,
                "top1": q.top1_agreement, "parity_rel": par.rel_diff, "parity_passed": par.passed,
-               "greedy_identical": par.greedy_identical, "kv_bytes_fp32": meta.kv_bytes_per_token,
+               "greedy_identical": par.greedy_identical, "kv_bytes": meta.kv_bytes_per_token,
+               "kv_bytes_measured": measured, "kv_dtype": "uint8" if meta.layout.quantized else meta.layout.dtype,
                "ratio_vs_fp16": fp16_bytes / meta.kv_bytes_per_token, "decode_tok_s": tps,
                "tokens_scored": q.tokens_scored}
         rows.append(row)
         print(json.dumps(row), flush=True)
     cmd = "python -m benchmarks.sweep " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     md = [f"Model {loaded.source}; {rows[0]['tokens_scored']} tokens of {os.path.basename(a.eval)} in windows of "
-          f"{window}, each after the sink token {meta0.sink['token']!r}; KV bytes of the fp32 cache, ratio against "
-          f"an fp16 uncompressed cache ({fp16_bytes} B/token); decode: runtime on CPU, 128-token prompt, 64 "
+          f"{window}, each after the sink token {meta0.sink['token']!r}; KV bytes of the fp32 cache or, against "
+          f"an fp16 uncompressed cache ({fp16_bytes} B/token; a quantized cache's uint8 codes, scales counted, also measured as the growth of the ONNX outputs over one step); decode: runtime on CPU, 128-token prompt, 64 "
           f"greedy tokens, median of 3. Command: `{cmd}`", "",
-          "| K (keys/values) | key mode | perplexity | original | increase | KL nats/token | top-1 | parity rel. diff | greedy identical | KV B/token (fp32) | vs fp16 cache | decode tok/s |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+          "| K (keys/values) | key mode | perplexity | original | increase | KL nats/token | top-1 | parity rel. diff | greedy identical | KV B/token | measured | vs fp16 cache | decode tok/s |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         md.append(f"| {r['k']} | {r['key_mode']} | {r['ppl']:.3f} | {r['ppl_original']:.3f} | "
                   f"{r['ppl_increase_pct']:+.2f} % | {r['kl']:.4f} | {100 * r['top1']:.2f} % | {r['parity_rel']:.2e} | "
-                  f"{r['greedy_identical']} | {r['kv_bytes_fp32']} | {r['ratio_vs_fp16']:.2f}x | {r['decode_tok_s']:.1f} |")
+                  f"{r['greedy_identical']} | {r['kv_bytes']} ({r['kv_dtype']}) | {r['kv_bytes_measured']} | "
+                  f"{r['ratio_vs_fp16']:.2f}x | {r['decode_tok_s']:.1f} |")
     text = "\n".join(md) + "\n"
     base = os.path.join("build", f"sweep-{loaded.name}" + ("-exports" if a.exports else ""))
     with open(base + ".md", "w") as f:

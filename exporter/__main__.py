@@ -8,6 +8,7 @@ from .errors import cli_exit
 from .auto import AutoOptions, parse_percent
 from .fit import METHODS
 from .pipeline import DEFAULT_KEY_MODE, ExportOptions, run_export
+from .quantize import ALLOCATIONS, QuantOptions
 from .train import LOSSES, TrainOptions
 
 
@@ -61,8 +62,25 @@ def main(argv=None) -> int:
                         "more tokens overfit less")
     p.add_argument("--train-schedule", default=t.schedule, choices=("constant", "cosine"),
                    help="step size over training: constant, or cosine decay to 0 at the last step")
+    q = d.quant
+    p.add_argument("--quant", default=None, choices=ALLOCATIONS,
+                   help="quantized latents in the cache: bits per component by reverse water-filling on the "
+                        "calibration spectrum (spectral) or the same for all (uniform); K=full keeps the "
+                        "full-rank transform (--method raw: no transform, plain KV quantization)")
+    p.add_argument("--quant-ratio", type=float, default=q.ratio,
+                   help="times fewer KV bytes per token than a float16 cache, scales counted")
+    p.add_argument("--quant-scales", default=q.key_scales,
+                   help="static (steps from calibration, nothing stored per token) or token (a scale byte per "
+                        "token and group); 'KEY,VALUE' sets them apart, e.g. static,token")
+    p.add_argument("--quant-group", type=int, default=q.group, help="components per token scale")
+    p.add_argument("--quant-weights", default=q.weights, choices=("output", "variance"),
+                   help="what the bits minimise: error in the output-aware metric, or in the latents")
+    p.add_argument("--quant-sensitivity", default=q.sensitivity, choices=("measured", "none"),
+                   help="spectral bits: weigh each tensor by its KL per unit of error, probed one tensor at a time on "
+                        "calibration text (measured), or not (none)")
     p.add_argument("--trust-remote-code", action="store_true")
     a = p.parse_args(argv)
+    key_scales, _, value_scales = a.quant_scales.partition(",")
     opts = ExportOptions(model=a.model or None, k=a.k, k_key=a.k_key or None, k_value=a.k_value or None,
                          key_mode=a.key_mode, calib=a.calib or d.calib, calib_tokens=a.calib_tokens,
                          window=a.window, seed=a.seed, out=a.out, projectors=a.projectors, sink=a.sink,
@@ -74,7 +92,10 @@ def main(argv=None) -> int:
                                           heldout_tokens=a.auto_heldout_tokens, margin=a.auto_margin),
                          train=TrainOptions(loss=a.train_loss, max_steps=a.train_steps, lr=a.train_lr,
                                             window=a.train_window, schedule=a.train_schedule, tokens=a.train_tokens,
-                                            seed=a.seed))
+                                            seed=a.seed),
+                         quant=QuantOptions(allocation=a.quant, ratio=a.quant_ratio, key_scales=key_scales,
+                                            value_scales=value_scales or key_scales, group=a.quant_group,
+                                            weights=a.quant_weights, sensitivity=a.quant_sensitivity))
     return cli_exit(run_export, opts)
 
 

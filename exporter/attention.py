@@ -9,6 +9,7 @@ Keys, by mode:
              same for every key of a query, so softmax drops it (the sink is coded like any other key).
   pre-rope   latents of un-rotated keys (projection folded into k_proj); every step rebuilds the keys
              mean + basis @ c, rotates them at their positions, then the usual GQA.
+Quantized latents (quant.py): the cache holds packed integer codes of c, and attention reads them decoded.
 Values: full, or latents with the up-projection absorbed into o_proj: sum_m a_m (mu + B c_m) = mu + B (sum_m a_m c_m)
 because the attention weights sum to one, so o_proj' = o_proj @ blockdiag(B_g(h)) and bias o_proj @ mu. Since B
 is absorbed head by head, each query head may have its own B_h (trained projectors' head_decode) for free.
@@ -80,6 +81,8 @@ class Attention(nn.Module):
         if self.key_mode == "pre-rope":
             self.key_decode = nn.Linear(key_rank, G * d)                      # k = basis c + mean
         self.fused = False  # True: the fused GroupQueryAttention op with a shared-buffer cache (exporter/fused.py)
+        self.key_quant = None     # quant.LatentQuantizer: the latents are cached as packed integer codes
+        self.value_quant = None
 
     def use_fused(self) -> None:
         """Export this layer through GroupQueryAttention; refuses the settings the op cannot run."""
@@ -89,22 +92,25 @@ class Attention(nn.Module):
         if (self.key_rank is None) != (self.value_rank is None) or self.key_rank != self.value_rank:
             raise UserError("CACHE=shared-buffer needs keys and values of one size (K_KEY == K_VALUE, both "
                             "compressed or both full): change the ranks or use CACHE=concat")
+        if self.key_quant is not None or self.value_quant is not None:
+            raise UserError("CACHE=shared-buffer cannot hold a quantized cache: use CACHE=concat")
         if self.key_rank is not None and self.key_rank % 8:
             raise UserError(f"CACHE=shared-buffer needs K a multiple of 8 (onnxruntime's kernel), got "
                             f"{self.key_rank}: pick K={self.key_rank + 8 - self.key_rank % 8} or CACHE=concat")
         self.qkv_proj = _packed(self.q_proj, self.k_proj, self.v_proj)   # one MatMul instead of three
         self.fused = True
 
-    def forward(self, x, rope_new, rope_all, mask, past_k, past_v):
+    def forward(self, x, rope_new, rope_all, mask, past_k, past_v, sink_slots=None):
         """x (B, T, D); rope_* (cos, sin) for the new tokens / all S tokens or None; mask (B, 1, T, S) additive;
-        past_k, past_v (B, kvh, P, size). Returns y (B, T, D), present_k, present_v (B, kvh, S, size)."""
+        past_k, past_v (B, kvh, P, size); sink_slots (B, S) bool, the sink's slot (quantized caches).
+        Returns y (B, T, D), present_k, present_v (B, kvh, S, size)."""
         if self.fused:                  # mask is (seqlens_k, total) here, rope_all the op's cos/sin tables
             return self._fused(x, rope_new, rope_all, mask, past_k, past_v)
         B, T, _ = x.shape
         q = self._queries(x, rope_new)                                      # (B, H, T, d)
-        scores, present_k = self._scores(x, q, rope_new, rope_all, past_k)  # (B, H, T, S)
+        scores, present_k = self._scores(x, q, rope_new, rope_all, past_k, sink_slots)  # (B, H, T, S)
         probs = torch.softmax(scores * self.scale + mask, dim=-1)
-        out, present_v = self._mix(x, probs, past_v)                        # (B, H, T, d or r)
+        out, present_v = self._mix(x, probs, past_v, sink_slots)            # (B, H, T, d or r)
         y = self.o_proj(out.transpose(1, 2).reshape(B, T, -1))              # (B, T, D)
         return y, present_k, present_v
 
@@ -117,12 +123,12 @@ class Attention(nn.Module):
         self._tap("query_post", q)
         return q
 
-    def _scores(self, x, q, rope_new, rope_all, past_k):
+    def _scores(self, x, q, rope_new, rope_all, past_k, sink_slots=None):
         B, T, _ = x.shape
         if self.key_mode == "pre-rope":
             c = self.k_proj(x).unsqueeze(1)                                  # (B, 1, T, r)
-            present = torch.cat([past_k, c], dim=2)                          # (B, 1, S, r)
-            k = self.key_decode(present.squeeze(1))                          # (B, S, G*d)
+            c, present = self._append(self.key_quant, past_k, c, sink_slots)  # (B, 1, S, r), present
+            k = self.key_decode(c.squeeze(1))                                # (B, S, G*d)
             k = k.view(B, -1, self.G, self.d).transpose(1, 2)                # (B, G, S, d)
             if rope_all is not None:
                 k = apply_rope(k, *rope_all)
@@ -138,9 +144,9 @@ class Attention(nn.Module):
             present = torch.cat([past_k, k], dim=2)                          # (B, G, S, d)
             return grouped_matmul(q, present.transpose(-1, -2), self.G), present
         c = self.key_encode(k.transpose(1, 2).reshape(B, T, -1)).unsqueeze(1)  # (B, 1, T, r)
-        present = torch.cat([past_k, c], dim=2)                              # (B, 1, S, r)
+        c, present = self._append(self.key_quant, past_k, c, sink_slots)     # (B, 1, S, r), present
         q_latent = q @ self.query_basis                                      # (B, H, T, r)
-        return q_latent @ present.transpose(-1, -2), present                 # (B, H, T, S)
+        return q_latent @ c.transpose(-1, -2), present                       # (B, H, T, S)
 
     def _fused(self, x, rope_new, rope_tables, lengths, past_k, past_v):
         """Full or k-space attention through GroupQueryAttention: (G heads of d) or (1 head of r)."""
@@ -163,7 +169,7 @@ class Attention(nn.Module):
                                                           self.scale, rope_tables)       # (B, T, H*s)
         return self.o_proj(out), present_k, present_v                        # (B, T, D)
 
-    def _mix(self, x, probs, past_v):
+    def _mix(self, x, probs, past_v, sink_slots=None):
         B, T, _ = x.shape
         if self.value_rank is None:
             v = self.v_proj(x).view(B, T, self.G, self.d).transpose(1, 2)    # (B, G, T, d)
@@ -176,8 +182,19 @@ class Attention(nn.Module):
                 self._tap_mix(probs, present)
             return grouped_matmul(probs, present, self.G), present           # (B, H, T, d)
         c = self.v_proj(x).unsqueeze(1)                                      # (B, 1, T, r)
-        present = torch.cat([past_v, c], dim=2)                              # (B, 1, S, r)
-        return probs @ present, present                                      # (B, H, T, r)
+        c, present = self._append(self.value_quant, past_v, c, sink_slots)   # (B, 1, S, r), present
+        return probs @ c, present                                            # (B, H, T, r)
+
+    @staticmethod
+    def _append(quant, past, c, sink_slots):
+        """The new latents c (B, 1, T, r) appended to the cache: (the latents attention reads (B, 1, S, r),
+        the present cache). Quantized, the cache holds packed codes (B, 1, S, bytes) and attention reads them
+        decoded, the new tokens' included, so every step sees what later steps will read back."""
+        if quant is None:
+            present = torch.cat([past, c], dim=2)                            # (B, 1, S, r)
+            return present, present
+        present = torch.cat([past, quant.encode(c)], dim=2)                  # (B, 1, S, bytes) uint8
+        return quant.decode(present, sink_slots), present
 
     def _tap_mix(self, probs, values) -> None:
         """Calibration: what each query head's attention makes of all G*d value dims, leaving out position 0

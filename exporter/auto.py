@@ -76,9 +76,7 @@ class Search:
         self.key_mode, self.sink, self.info, self.o = key_mode, sink, info, o
         self.heldout = spread_windows(tok, calib, calib_tokens, o.heldout_tokens, sink,
                                       fitting_window(HELDOUT_WINDOW, cfg.max_positions, sink))
-        probe_window = fitting_window(PROBE_WINDOW, cfg.max_positions, sink)
-        skip = -(-calib_tokens // probe_window)               # windows holding calibration tokens
-        self.probe = token_windows(tok, calib, probe_window, skip * probe_window + o.probe_tokens, sink)[skip:]
+        self.probe = probe_windows(tok, calib, calib_tokens, cfg, sink, o.probe_tokens)
         self.base_nll = [nll(decoder, [w], progress=False) for w in
                          tqdm(self.heldout, desc="held-out (original)", unit="window", leave=False)]
         self.base = perplexity(_summed(self.base_nll))
@@ -103,20 +101,10 @@ class Search:
                 for i in range(self.cfg.num_layers) for k in KINDS}
 
     def sensitivities(self, curves: dict) -> dict:
-        """KL per unit of residual error, per tensor: a probe with only that tensor at half its dims."""
+        """KL per unit of residual error, per tensor (probe_sensitivities)."""
         if self.o.sensitivity == "metric":
             return {t: 1.0 / max(c[0].item(), 1e-30) for t, c in curves.items()}
-        L, half = self.cfg.num_layers, self.dim // 2
-        out, objective = {}, None
-        for (i, kind) in tqdm(sorted(curves), desc="probing sensitivity", unit="tensor"):
-            ranks = {k: [half if (j == i and k == kind) else None for j in range(L)] for k in KINDS}
-            coded = CodedDecoder(self.decoder, self.projectors(ranks["key"], ranks["value"]),
-                                 key_tap(self.cfg, self.key_mode))
-            if objective is None:
-                objective = Objective(coded, "kl")      # one objective: the teacher's logits are kept
-            objective.model = coded
-            out[(i, kind)] = heldout_loss(objective, self.probe) / max(curves[(i, kind)][half].item(), 1e-30)
-        return out
+        return probe_sensitivities(self.decoder, self.cfg, curves, self.projectors, self.key_mode, self.probe)
 
     def allocation(self, curves, sens, dims: int) -> Candidate:
         a = allocate(curves, sens, dims, self.dim, self.o.granularity, self.o.tie)
@@ -176,6 +164,29 @@ class Search:
             raise UserError(f"no allocation up to {hi * g} dims meets MAX_PPL_INCREASE={target}% on held-out "
                             "text: raise the budget")
         return found
+
+
+def probe_windows(tok, calib: str, calib_tokens: int, cfg, sink, probe_tokens: int) -> list[list[int]]:
+    """probe_tokens of the calibration file right after the calibration tokens, in windows of PROBE_WINDOW."""
+    window = fitting_window(PROBE_WINDOW, cfg.max_positions, sink)
+    skip = -(-calib_tokens // window)                     # windows holding calibration tokens
+    return token_windows(tok, calib, window, skip * window + probe_tokens, sink)[skip:]
+
+
+def probe_sensitivities(decoder, cfg, curves: dict, projectors, key_mode: str, probe: list[list[int]]) -> dict:
+    """{(layer, kind): KL per unit of residual error}: for each tensor a probe with only that tensor coded at
+    half its dims (projectors(key_ranks, value_ranks) fits them), its KL on the probe text over the residual
+    error its curve predicts at half."""
+    L, half = cfg.num_layers, cfg.kv_dim // 2
+    out, objective = {}, None
+    for (i, kind) in tqdm(sorted(curves), desc="probing sensitivity", unit="tensor"):
+        ranks = {k: [half if (j == i and k == kind) else None for j in range(L)] for k in KINDS}
+        coded = CodedDecoder(decoder, projectors(ranks["key"], ranks["value"]), key_tap(cfg, key_mode))
+        if objective is None:
+            objective = Objective(coded, "kl")      # one objective: the teacher's logits are kept
+        objective.model = coded
+        out[(i, kind)] = heldout_loss(objective, probe) / max(curves[(i, kind)][half].item(), 1e-30)
+    return out
 
 
 def choose_ranks(search: Search, dtype_bytes: int) -> tuple[Candidate, Candidate | None]:

@@ -46,6 +46,19 @@ class Covariance:
         return second - torch.outer(self.mean, self.mean) if centered else second
 
 
+class Rows:
+    """Keeps the token vectors themselves (for fits that need samples, not moments); .matrix() is (N, dim)."""
+
+    def __init__(self):
+        self.rows = []
+
+    def update(self, x: torch.Tensor) -> None:
+        self.rows.append(x.detach().double())
+
+    def matrix(self) -> torch.Tensor:
+        return torch.cat(self.rows)
+
+
 def capture(decoder, windows: Iterable[list[int]], want: dict[tuple[int, str], object] | Callable,
             desc: str = "calibrating", progress: bool = True) -> dict[tuple[int, str], torch.Tensor]:
     """Run each window (a list of token ids, sink first) through `decoder` (uncompressed) and feed the taps.

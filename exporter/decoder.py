@@ -59,8 +59,8 @@ class Block(nn.Module):
         self.mlp = GatedMLP(cfg.hidden_size, mlp_hidden) if cfg.family == "llama" else \
             GeluMLP(cfg.hidden_size, mlp_hidden)
 
-    def forward(self, x, rope_new, rope_all, mask, past_k, past_v):
-        a, present_k, present_v = self.attn(self.norm1(x), rope_new, rope_all, mask, past_k, past_v)
+    def forward(self, x, rope_new, rope_all, mask, past_k, past_v, sink_slots=None):
+        a, present_k, present_v = self.attn(self.norm1(x), rope_new, rope_all, mask, past_k, past_v, sink_slots)
         x = x + a
         return x + self.mlp(self.norm2(x)), present_k, present_v
 
@@ -84,6 +84,11 @@ def last_positions(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     start = torch.where(n > 0, x.shape[1] - n, torch.zeros_like(n))             # ()
     rows = torch.nonzero(positions >= start).squeeze(1)                          # (n,)
     return x.index_select(1, rows)                                               # (B, n, D)
+
+
+def first_slots(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, S) bool: each sequence's first valid cache slot, where the sink sits (after any left padding)."""
+    return (attention_mask.cumsum(-1) == 1) & (attention_mask > 0)
 
 
 class Rope(nn.Module):
@@ -137,7 +142,6 @@ class Decoder(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, a, mlp_hidden) for a in attentions)
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps) if cfg.family == "llama" else \
             nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
-        self.needs_all_positions = any(b.attn.key_mode == "pre-rope" for b in self.blocks)
         self.fused = False
 
     def use_fused_attention(self) -> "Decoder":
@@ -172,10 +176,11 @@ class Decoder(nn.Module):
                 rope_all = (self.rope_cos_table, self.rope_sin_table, position_ids)
             elif self.needs_all_positions:  # pre-rope layers rotate every cached key: positions from the mask
                 rope_all = self.rope((attention_mask.cumsum(-1) - 1).clamp(min=0))
+        sink_slots = first_slots(attention_mask) if self.quantized else None              # (B, S)
         presents = []
         for i, block in enumerate(self.blocks):
             self._tap_hidden(block, x)
-            x, k, v = block(x, rope_new, rope_all, mask, past[2 * i], past[2 * i + 1])
+            x, k, v = block(x, rope_new, rope_all, mask, past[2 * i], past[2 * i + 1], sink_slots)
             presents += [k, v]
         if logits_to_keep is not None:
             x = last_positions(x, logits_to_keep)                                   # (B, n, D)
@@ -192,6 +197,18 @@ class Decoder(nn.Module):
         out = []
         for b in self.blocks:
             a = b.attn
-            out.append(torch.zeros(batch, 1 if a.key_rank else a.G, 0, a.key_rank or a.d, dtype=dtype))
-            out.append(torch.zeros(batch, 1 if a.value_rank else a.G, 0, a.value_rank or a.d, dtype=dtype))
+            for rank, quant in ((a.key_rank, a.key_quant), (a.value_rank, a.value_quant)):
+                if quant is not None:
+                    out.append(torch.zeros(batch, 1, 0, quant.nbytes, dtype=torch.uint8))
+                else:
+                    out.append(torch.zeros(batch, 1 if rank else a.G, 0, rank or a.d, dtype=dtype))
         return out
+
+    @property
+    def needs_all_positions(self) -> bool:
+        """Pre-RoPE layers rotate every cached key, so they need the positions of all slots."""
+        return any(b.attn.key_mode == "pre-rope" for b in self.blocks)
+
+    @property
+    def quantized(self) -> bool:
+        return any(b.attn.key_quant is not None or b.attn.value_quant is not None for b in self.blocks)

@@ -27,12 +27,13 @@ TWO_GB = 2 * 1024 ** 3
 
 def layout_of(decoder, dtype: str = "float32") -> C.CacheLayout:
     """The cache layout the decoder produces: the metadata's single description of the cache."""
-    keys, values = [], []
-    for b in decoder.blocks:
-        a = b.attn
-        keys.append(C.CacheShape(1, a.key_rank) if a.key_rank else C.CacheShape(a.G, a.d))
-        values.append(C.CacheShape(1, a.value_rank) if a.value_rank else C.CacheShape(a.G, a.d))
-    return C.CacheLayout(tuple(keys), tuple(values), dtype)
+    def shape(rank, quant, a):
+        if quant is not None:
+            return C.CacheShape(1, quant.nbytes, "uint8")              # packed codes (quant.py)
+        return C.CacheShape(1, rank) if rank else C.CacheShape(a.G, a.d)
+    keys = tuple(shape(b.attn.key_rank, b.attn.key_quant, b.attn) for b in decoder.blocks)
+    values = tuple(shape(b.attn.value_rank, b.attn.value_quant, b.attn) for b in decoder.blocks)
+    return C.CacheLayout(keys, values, dtype)
 
 
 def _example_inputs(decoder, layout: C.CacheLayout, batch=2, new=3, past=2):
@@ -40,8 +41,12 @@ def _example_inputs(decoder, layout: C.CacheLayout, batch=2, new=3, past=2):
     ids = torch.randint(0, decoder.cfg.vocab_size, (batch, new), generator=g)
     mask = torch.ones(batch, past + new, dtype=torch.int64)
     pos = torch.arange(past, past + new)[None].expand(batch, new).contiguous()
-    caches = [torch.randn(batch, layout.shape(i, kind).kv_heads, past, layout.shape(i, kind).head_size,
-                          generator=g) for i, kind, _, _ in layout.names()]
+    def cache(s):
+        size = (batch, s.kv_heads, past, s.head_size)
+        if layout.dtype_of(s) == "uint8":
+            return torch.randint(0, 256, size, generator=g, dtype=torch.uint8)
+        return torch.randn(*size, generator=g)
+    caches = [cache(layout.shape(i, kind)) for i, kind, _, _ in layout.names()]
     return (ids, mask, pos, *caches, torch.tensor(1))   # the last one is logits_to_keep
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from functools import cache
 
+import torch
+
 from .calibrate import Covariance, capture
 from .config import DecoderConfig
 from .errors import UserError
@@ -40,7 +42,7 @@ def per_layer(rank, n: int) -> list:
 
 # queries and value_mix (what attention makes of the values) feed the output-aware metrics (whiten.py)
 KV_TAPS = ("key_pre", "key_post", "value", "query_pre", "query_post", "value_mix")
-METHODS = ("pca", "output-aware", "trained")
+METHODS = ("pca", "output-aware", "trained", "raw")
 
 
 def kv_statistics(decoder, tokenizer, cfg: DecoderConfig, calib: str, calib_tokens: int, window: int,
@@ -92,6 +94,20 @@ def output_metrics(hf, cfg: DecoderConfig, stats, key_mode: str):
 def output_whitening(metric):
     """(layer, kind) -> (W, W^-1) of an output-aware metric function: the coordinates training works in."""
     return lambda i, kind: whitening(metric(i, kind)[1])
+
+
+def fit_raw(stats, cfg: DecoderConfig, key_mode: str, sink_id: int | None, info: dict) -> Projectors:
+    """No transform: every layer's keys and values coded as they are (centered), full width. With a quantizer
+    this is plain KV-cache quantization, the baseline the spectral codes are measured against."""
+    accs, _, calibration = stats
+    eye = torch.eye(cfg.kv_dim, dtype=torch.float64)
+    codec = lambda i, tap: Codec(eye.clone(), accs[(i, tap)].mean.clone(), eye.clone())
+    keys = [codec(i, key_tap(cfg, key_mode)) for i in range(cfg.num_layers)]
+    values = [codec(i, "value") for i in range(cfg.num_layers)]
+    mode = key_mode if cfg.has_rope else "post-rope"
+    calibration = {k: v for k, v in calibration.items() if k != "cached"}
+    return Projectors(mode, keys, values, {**info, "method": "raw", "calibration": calibration,
+                                           "sink_token_id": sink_id})
 
 
 def fit_pca(stats, cfg: DecoderConfig, key_ranks: list, value_ranks: list, key_mode: str,

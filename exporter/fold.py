@@ -10,6 +10,7 @@ from .attention import Attention
 from .config import DecoderConfig, from_hf
 from .decoder import Decoder, Rope
 from .projectors import Projectors
+from .quant import quantizer_for
 
 
 def _hf_layers(hf):
@@ -76,6 +77,10 @@ def build_attention(hf, cfg: DecoderConfig, i: int, proj: Projectors | None) -> 
         absorbed = torch.einsum("Dhd,hdr->Dhr", W_o, per_head).reshape(cfg.hidden_size, -1)   # (D, H*r)
         mean_per_head = mean.view(G, d)[group].reshape(-1)               # (H*d,)
         _set(attn.o_proj, absorbed, o_b + w["o"] @ mean_per_head)
+    quant = proj.info.get("quant") if proj else None
+    if quant:      # a quantized cache: codes of the latents, packed (quant.py)
+        attn.key_quant = quantizer_for(key, quant["scales"]["key"], quant["group"])
+        attn.value_quant = quantizer_for(value, quant["scales"]["value"], quant["group"])
     return attn
 
 

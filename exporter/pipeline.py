@@ -9,16 +9,19 @@ import torch
 
 from graphs.contract import CACHE_UPDATES, DTYPE_BYTES
 from graphs.metadata import ExportMetadata
-from .auto import AutoOptions, Search, choose_ranks
+from .auto import AutoOptions, Search, choose_ranks, probe_windows
+from .calibrate import Rows, capture
 from .config import from_hf
 from .errors import UserError
 from .export import layout_of, point_latest, save_export, OPSET
-from .fit import (METHODS, fit_pca, key_tap, kv_statistics, output_metrics, output_whitening, parse_rank,
+from .fit import (METHODS, fit_pca, fit_raw, key_tap, kv_statistics, output_metrics, output_whitening, parse_rank,
                   per_layer)
 from .fold import build_decoder
 from .load import load
+from .probe import measured_sensitivities
 from .projectors import load_projectors, model_fingerprint
-from .text import DEFAULT_CALIB, fitting_window
+from .quantize import QuantOptions, float16_bytes, quantize_projectors
+from .text import DEFAULT_CALIB, fitting_window, token_windows
 from .train import TrainOptions, train_projectors, training_windows
 
 DEFAULT_KEY_MODE = "pre-rope"
@@ -46,6 +49,7 @@ class ExportOptions:
                                     # None: pca, or output-aware for K=auto
     train: TrainOptions = field(default_factory=TrainOptions)
     auto: AutoOptions = field(default_factory=AutoOptions)    # K=auto: the budget (auto.py)
+    quant: QuantOptions = field(default_factory=QuantOptions) # a quantized cache (quantize.py); off by default
 
 
 def sink_token_id(tokenizer, choice: str) -> int | None:
@@ -103,6 +107,10 @@ def default_out(o: ExportOptions, name: str, key_rank, value_rank) -> str:
         tag = f"k{key_rank or 'full'}v{value_rank or 'full'}-{o.key_mode}"
     suffix = ("" if o.method in ("pca", None) else f"-{o.method}") + ("" if o.dtype == "float32" else "-fp16") \
         + ("" if o.cache == "concat" else "-shared")
+    q = o.quant
+    if q.allocation:
+        scales = q.key_scales if q.key_scales == q.value_scales else f"{q.key_scales}-{q.value_scales}"
+        suffix += f"-q{q.allocation}{q.ratio:g}x-{scales}"
     return os.path.join(o.build_dir, f"{name}-{tag}{suffix}")
 
 
@@ -134,6 +142,8 @@ def sink_handling(proj) -> str:
 def fit_projectors(o: ExportOptions, hf, tok, cfg, full_decoder, stats, key_ranks, value_ranks, key_mode, sink,
                    info):
     """The projectors o.method asks for: PCA, output-aware PCA, or output-aware PCA then training."""
+    if o.method == "raw":
+        return fit_raw(stats, cfg, key_mode, sink, info)
     metric = output_metrics(hf, cfg, stats, key_mode) if o.method != "pca" else None
     proj = fit_pca(stats, cfg, key_ranks, value_ranks, key_mode, sink, info, metric)
     if o.method != "trained":
@@ -142,6 +152,54 @@ def fit_projectors(o: ExportOptions, hf, tok, cfg, full_decoder, stats, key_rank
     train, heldout = training_windows(tok, o.calib, o.calib_tokens, t, sink)
     return train_projectors(full_decoder, proj, key_tap(cfg, key_mode), train, heldout, t,
                             whitening=output_whitening(metric))
+
+
+def check_quant(o: ExportOptions, auto: bool) -> bool:
+    """Whether the export quantizes its cache; refuses the settings a quantized cache cannot take."""
+    if o.quant.allocation is None:
+        if o.method == "raw":
+            raise UserError("METHOD=raw stores keys and values as they are: it is for quantized caches, add "
+                            "QUANT=uniform (or use K=full for an uncompressed export)")
+        return False
+    o.quant.check()
+    if auto:
+        raise UserError("K=auto and QUANT choose bytes two ways: use a K (or full) with QUANT_RATIO")
+    if o.dtype != "float32" or o.cache != "concat":
+        raise UserError("a quantized cache needs DTYPE=float32 and CACHE=concat (its codes are uint8 either way)")
+    if o.method == "raw" and any(x is not None and str(x).lower() != "full" for x in (o.k, o.k_key, o.k_value)):
+        raise UserError("METHOD=raw codes every dimension: use K=full (or another METHOD for a rank)")
+    return True
+
+
+def quantizer_samples(o: ExportOptions, tok, cfg, full_decoder, key_mode: str, sink) -> dict | None:
+    """{(layer, tap): (N, dim)} keys and values of the first o.quant.fit_tokens calibration tokens, the samples
+    static quantizer scales are fitted to; None when fit_tokens is 0."""
+    if not o.quant.fit_tokens:
+        return None
+    window = fitting_window(o.window, cfg.max_positions, sink)
+    rows = {(i, tap): Rows() for i in range(cfg.num_layers) for tap in (key_tap(cfg, key_mode), "value")}
+    capture(full_decoder, token_windows(tok, o.calib, window, o.quant.fit_tokens, sink), rows,
+            desc="quantizer samples")
+    return {k: r.matrix() for k, r in rows.items()}
+
+
+def quantize(o: ExportOptions, hf, tok, cfg, full_decoder, stats, proj, sink, info, samples=None):
+    """Bits for a quantized cache (quantize.py). PCA and output-aware codes are fitted again at the ranks the
+    bits keep, so the sink stays exact; trained ones are not retrained (and the sink is coded like any token)."""
+    mode, method = proj.key_mode, proj.info.get("method")
+    metric = output_metrics(hf, cfg, stats, mode)
+    refit = None
+    if method in ("pca", "output-aware"):
+        refit = lambda kr, vr: fit_pca(stats, cfg, kr, vr, mode, sink, info, metric if method != "pca" else None)
+    tap_of = lambda kind: key_tap(cfg, mode) if kind == "key" else "value"
+    if samples is None:
+        samples = quantizer_samples(o, tok, cfg, full_decoder, mode, sink)
+    sensitivity = None
+    if o.quant.sensitivity == "measured" and o.quant.allocation == "spectral":     # uniform: the plain quantizer
+        probe = probe_windows(tok, o.calib, o.calib_tokens, cfg, sink, o.quant.probe_tokens)
+        sensitivity = lambda coded, predicted: measured_sensitivities(hf, full_decoder, cfg, coded, predicted, probe)
+    return quantize_projectors(proj, stats, metric if o.quant.weights == "output" else None, cfg, tap_of, sink,
+                               o.quant, refit, samples, sensitivity)
 
 
 def run_export(o: ExportOptions, loaded=None) -> str:
@@ -168,13 +226,17 @@ def run_export(o: ExportOptions, loaded=None) -> str:
                                             "K_KEY" if o.k_key else "K")
     value_rank = None if auto else parse_rank(o.k_value if o.k_value is not None else o.k, cfg.kv_dim,
                                               "K_VALUE" if o.k_value else "K")
+    quantized = check_quant(o, auto)
+    if quantized and o.method != "raw":     # K=full with a quantizer: the full-rank transform, bits decide
+        key_rank, value_rank = key_rank or cfg.kv_dim, value_rank or cfg.kv_dim
     sink = sink_token_id(tok, o.sink)
     fingerprint = model_fingerprint(hf)
     info = {"model": loaded.source, "model_fingerprint": fingerprint, "seed": o.seed}
     full_decoder = build_decoder(hf)
+    stats = None
     if o.projectors:
         proj = load_projectors(o.projectors, fingerprint)
-    elif key_rank is None and value_rank is None and not auto:
+    elif key_rank is None and value_rank is None and not auto and not quantized:
         proj = None
     else:
         stats = kv_statistics(full_decoder, tok, cfg, o.calib, o.calib_tokens, o.window, sink, fingerprint,
@@ -182,6 +244,10 @@ def run_export(o: ExportOptions, loaded=None) -> str:
         key_ranks, value_ranks = auto_ranks(o, hf, tok, cfg, full_decoder, stats, key_mode, sink, info) if auto \
             else (per_layer(key_rank, cfg.num_layers), per_layer(value_rank, cfg.num_layers))
         proj = fit_projectors(o, hf, tok, cfg, full_decoder, stats, key_ranks, value_ranks, key_mode, sink, info)
+    if quantized:
+        stats = stats or kv_statistics(full_decoder, tok, cfg, o.calib, o.calib_tokens, o.window, sink,
+                                       fingerprint, o.build_dir)
+        proj = quantize(o, hf, tok, cfg, full_decoder, stats, proj, sink, info)
     decoder = build_decoder(hf, proj) if proj is not None else full_decoder
     if o.cache == "shared-buffer":
         decoder.use_fused_attention()
@@ -197,10 +263,14 @@ def run_export(o: ExportOptions, loaded=None) -> str:
         pad_token_id=int(tok.pad_token_id if tok.pad_token_id is not None else (stops or [0])[0]),
         opset=OPSET, calibration=proj.info.get("calibration") if proj else None, chat=chat_wrapper(tok),
         exporter=f"torch {torch.__version__} torch.onnx.export(dynamo=False)", cache_update=o.cache,
-        extra={"seed": o.seed, "projector_method": proj.info.get("method") if proj else None})
+        extra={"seed": o.seed, "projector_method": proj.info.get("method") if proj else None,
+               "quant": {k: v for k, v in proj.info["quant"].items() if k != "sensitivity"}
+               if proj and proj.info.get("quant") else None})
     out = default_out(o, loaded.name, key_rank, value_rank)
     save_export(decoder, meta, tok, out, proj)
     point_latest(out, o.build_dir)
     print(f"wrote {out} ({meta.kv_bytes_per_token} KV bytes/token, "
-          f"uncompressed {2 * cfg.num_layers * cfg.kv_dim * DTYPE_BYTES[o.dtype]}) in {time.time() - t0:.0f} s")
+          f"uncompressed {2 * cfg.num_layers * cfg.kv_dim * DTYPE_BYTES[o.dtype]}"
+          + (f", {float16_bytes(cfg) / meta.kv_bytes_per_token:.2f}x fewer than float16" if quantized else "")
+          + f") in {time.time() - t0:.0f} s")
     return out

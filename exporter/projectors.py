@@ -8,7 +8,8 @@ Values may carry one decode per query head (`head_decode`, trained projectors): 
 into o_proj head by head, so each query head can read the shared latents its own way at no cost in cache bytes.
 
 Files: <name>.safetensors (tensors layers.{i}.key.basis (the decode, dim x r) / .key.encode (r x dim) /
-.key.mean, the same for value, and layers.{i}.value.head_decode (H x d x r) when present) and
+.key.mean, the same for value, layers.{i}.value.head_decode (H x d x r) when present, and .bits / .sigma /
+.sink (r) for a quantized cache, exporter/quant.py) and
 <name>.json (format, model fingerprint, key mode, ranks, sink, calibration). Never pickle. Loading refuses a
 file made for another model.
 """
@@ -24,6 +25,7 @@ import torch
 from .errors import UserError
 
 FORMAT = "spectral-kv-projectors/1"
+OPTIONAL_TENSORS = ("head_decode", "bits", "sigma", "sink")
 
 
 @dataclass
@@ -34,6 +36,9 @@ class Codec:
     encode: torch.Tensor | None = None              # (r, dim); None: decode^T (an orthonormal basis)
     head_decode: torch.Tensor | None = None         # (H, d, r): values only, query head h's own decode of the
                                                     # latents into its KV head's d dims (decode: their group mean)
+    bits: torch.Tensor | None = None                # (r,) int64: a quantized cache's bits per component (quant.py)
+    sigma: torch.Tensor | None = None               # (r,) each component's standard deviation on calibration text
+    sink: torch.Tensor | None = None                # (r,) the sink token's exact latent (quantized caches only)
 
     def __post_init__(self):
         if self.encode is None:
@@ -42,6 +47,13 @@ class Codec:
     @property
     def rank(self) -> int:
         return int(self.decode.shape[1])
+
+    def select(self, keep: list[int]) -> "Codec":
+        """The code of components `keep` only (the others dropped), with their quantization fields."""
+        idx = torch.tensor(keep, dtype=torch.long)
+        pick = lambda t: None if t is None else t[..., idx].contiguous()
+        return Codec(self.decode[:, idx].contiguous(), self.mean, self.encode[idx].contiguous(),
+                     pick(self.head_decode), pick(self.bits), pick(self.sigma), pick(self.sink))
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., dim) -> its coded version (..., dim)."""
@@ -87,8 +99,9 @@ class Projectors:
                     out[f"layers.{i}.{kind}.basis"] = p.decode.contiguous()
                     out[f"layers.{i}.{kind}.encode"] = p.encode.contiguous()
                     out[f"layers.{i}.{kind}.mean"] = p.mean.contiguous()
-                    if p.head_decode is not None:
-                        out[f"layers.{i}.{kind}.head_decode"] = p.head_decode.contiguous()
+                    for extra in OPTIONAL_TENSORS:
+                        if getattr(p, extra) is not None:
+                            out[f"layers.{i}.{kind}.{extra}"] = getattr(p, extra).contiguous()
         return out
 
     def save(self, path_stem: str) -> str:
@@ -157,7 +170,8 @@ def load_projectors(path_stem: str, fingerprint: str | None = None) -> Projector
         raise UserError(f"{st} is corrupt ({e}): fit the projectors again") from None
     n = len(meta["ranks"]["key"])
     get = lambda i, kind: Codec(t[f"layers.{i}.{kind}.basis"], t[f"layers.{i}.{kind}.mean"],
-                                t.get(f"layers.{i}.{kind}.encode"), t.get(f"layers.{i}.{kind}.head_decode")) \
+                                t.get(f"layers.{i}.{kind}.encode"),
+                                **{x: t.get(f"layers.{i}.{kind}.{x}") for x in OPTIONAL_TENSORS}) \
         if f"layers.{i}.{kind}.basis" in t else None
     info = {k: v for k, v in meta.items() if k not in ("format", "key_mode", "ranks", "tensors_sha256")}
     return Projectors(meta["key_mode"], [get(i, "key") for i in range(n)], [get(i, "value") for i in range(n)], info)

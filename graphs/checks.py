@@ -14,8 +14,8 @@ def _dims(value_info) -> list:
 
 
 def check_contract(model: onnx.ModelProto, layout: C.CacheLayout) -> None:
-    """Every past/present KV tensor has the rank, kv_heads and head_size its layer's metadata says,
-    and the batch/sequence axes are dynamic. Raises ExportError naming the first mismatch."""
+    """Every past/present KV tensor has the rank, kv_heads, head_size and element type its layer's metadata
+    says, and the batch/sequence axes are dynamic. Raises ExportError naming the first mismatch."""
     inputs = {i.name: i for i in model.graph.input}
     outputs = {o.name: o for o in model.graph.output}
     for name in (C.INPUT_IDS, C.ATTENTION_MASK, C.POSITION_IDS):
@@ -32,6 +32,9 @@ def check_contract(model: onnx.ModelProto, layout: C.CacheLayout) -> None:
             if len(dims) != 4 or dims[1] != want.kv_heads or dims[3] != want.head_size:
                 raise ExportError(f"{name} has shape {dims}, metadata says "
                                   f"[batch, {want.kv_heads}, seq, {want.head_size}]")
+            elem = onnx.helper.tensor_dtype_to_np_dtype(table[name].type.tensor_type.elem_type).name
+            if elem != layout.dtype_of(want):
+                raise ExportError(f"{name} holds {elem}, metadata says {layout.dtype_of(want)}")
             if isinstance(dims[0], int) or isinstance(dims[2], int):
                 raise ExportError(f"{name} has static batch/sequence axes {dims}; they must be dynamic")
     n_kv_inputs = sum(1 for n in inputs if n.startswith("past_key_values."))

@@ -7,7 +7,8 @@ Outputs: logits [batch, n, vocab] (n = logits_to_keep when > 0, else seq),
          present.{i}.key / .value [batch, kv_heads_i, past+seq, head_size_i]
 
 An uncompressed tensor has kv_heads = the model's KV heads and head_size = head_dim (the usual GQA layout);
-a compressed one has kv_heads = 1 and head_size = k, its latent rank (one latent shared by all KV heads).
+a compressed one has kv_heads = 1 and head_size = k, its latent rank (one latent shared by all KV heads);
+a quantized one (exporter/quant.py) is uint8 with kv_heads = 1 and head_size = its packed bytes per token.
 The names are those optimum and onnxruntime-genai use, so other runtimes can drive the graph.
 
 Two variants of the cache update (export.json "cache_update"):
@@ -29,7 +30,8 @@ LOGITS = "logits"
 # Optional: runtimes that do not know it (optimum, onnxruntime-genai, validation) get every position's logits.
 LOGITS_TO_KEEP = "logits_to_keep"
 
-DTYPE_BYTES = {"float32": 4, "float16": 2}
+DTYPE_BYTES = {"float32": 4, "float16": 2}                      # the model's float types
+CACHE_DTYPE_BYTES = {**DTYPE_BYTES, "uint8": 1}                # a quantized cache tensor holds packed codes
 CACHE_UPDATES = ("concat", "shared-buffer")
 
 
@@ -47,6 +49,7 @@ class CacheShape:
     """The static part of one cache tensor: [batch, kv_heads, seq, head_size]."""
     kv_heads: int
     head_size: int
+    dtype: str | None = None        # None: the layout's dtype; 'uint8': packed codes (head_size = bytes/token)
 
     @property
     def width(self) -> int:
@@ -68,6 +71,13 @@ class CacheLayout:
     def shape(self, layer: int, kind: str) -> CacheShape:
         return (self.keys if kind == "key" else self.values)[layer]
 
+    def dtype_of(self, shape: CacheShape) -> str:
+        return shape.dtype or self.dtype
+
+    @property
+    def quantized(self) -> bool:
+        return any(s.dtype == "uint8" for s in self.keys + self.values)
+
     def names(self):
         """(layer, kind, past name, present name) for every cache tensor, in graph order."""
         for i in range(self.num_layers):
@@ -75,9 +85,8 @@ class CacheLayout:
                 yield i, kind, past_name(i, kind), present_name(i, kind)
 
     def to_json(self) -> dict:
-        return {"dtype": self.dtype,
-                "keys": [asdict(s) for s in self.keys],
-                "values": [asdict(s) for s in self.values]}
+        shape = lambda s: {k: v for k, v in asdict(s).items() if v is not None}
+        return {"dtype": self.dtype, "keys": [shape(s) for s in self.keys], "values": [shape(s) for s in self.values]}
 
     @classmethod
     def from_json(cls, d: dict) -> "CacheLayout":
@@ -92,10 +101,11 @@ class CacheLayout:
 def kv_bytes_per_token(layout: CacheLayout, extra_bytes_per_token: int = 0) -> int:
     """Bytes the cache grows by per token, all layers, keys and values: the one source of every KV-size figure.
 
-    extra_bytes_per_token is for codecs that store side information (scales) per token.
+    extra_bytes_per_token is for codecs that store side information per token outside the cache tensors (a
+    quantized cache keeps its token scales inside its uint8 tensors, so they are counted by width).
     """
-    per_token = sum(s.width for s in layout.keys) + sum(s.width for s in layout.values)
-    return per_token * DTYPE_BYTES[layout.dtype] + extra_bytes_per_token
+    shapes = layout.keys + layout.values
+    return sum(s.width * CACHE_DTYPE_BYTES[layout.dtype_of(s)] for s in shapes) + extra_bytes_per_token
 
 
 def kv_bytes(layout: CacheLayout, tokens: int, batch: int = 1) -> int:

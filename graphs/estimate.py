@@ -15,7 +15,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from .contract import DTYPE_BYTES, CacheLayout, CacheShape, kv_bytes, kv_bytes_per_token
+from .contract import CacheLayout, CacheShape, kv_bytes, kv_bytes_per_token
 
 SEQ_LENGTHS = (512, 1024, 2048, 4096, 8192, 16384, 32768)
 BATCH_SIZES = (1, 8)
@@ -57,11 +57,10 @@ class LayerBytes:
 
 def per_layer(layout: CacheLayout) -> list[LayerBytes]:
     """Bytes per token of every layer's key and value cache; they sum to kv_bytes_per_token(layout)."""
-    size = DTYPE_BYTES[layout.dtype]
     out = []
     for i in range(layout.num_layers):
         both = kv_bytes_per_token(layer_layout(layout, i))
-        key = layout.keys[i].width * size
+        key = kv_bytes_per_token(CacheLayout((layout.keys[i],), (), layout.dtype))
         out.append(LayerBytes(i, key, both - key))
     return out
 

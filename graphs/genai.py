@@ -23,6 +23,9 @@ def uniform_shape(layout: C.CacheLayout) -> C.CacheShape | None:
 
 def genai_config(meta: ExportMetadata, max_length: int | None = None) -> dict:
     """The config dict; raises ValueError naming why genai cannot run this cache layout."""
+    if meta.layout.quantized:
+        raise ValueError("onnxruntime-genai allocates float caches; this export's cache is packed uint8 codes "
+                         "(QUANT): run it with our runtime, or export without QUANT for genai")
     shape = uniform_shape(meta.layout)
     if shape is None:
         raise ValueError("onnxruntime-genai needs one cache shape for every layer's keys and values; export "

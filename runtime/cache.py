@@ -16,17 +16,17 @@ from graphs.contract import CacheLayout
 
 from .session import Device
 
-NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
 
 
 def _allocate(layout: CacheLayout, batch: int, device: Device, seq: int) -> dict[str, ort.OrtValue]:
-    """Past name -> an OrtValue (B, kv_heads, seq, head_size) of the layout's dtype on `device`."""
-    dtype = NUMPY_DTYPES[layout.dtype]
+    """Past name -> an OrtValue (B, kv_heads, seq, head_size) of its tensor's dtype on `device`."""
     values = {}
     for layer, kind, past, _ in layout.names():
         s = layout.shape(layer, kind)
         values[past] = ort.OrtValue.ortvalue_from_shape_and_type(
-            (batch, s.kv_heads, seq, s.head_size), dtype, device.type, device.id)     # (B, H, seq, d)
+            (batch, s.kv_heads, seq, s.head_size), NUMPY_DTYPES[layout.dtype_of(s)], device.type,
+            device.id)                                                                 # (B, H, seq, d)
     return values
 
 

@@ -1,8 +1,6 @@
 """Shared fixtures: tiny random models of every architecture and their exports, made once per test session."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from tests import tiny_models
@@ -60,3 +58,16 @@ def reference_greedy(ref, prompt: list[int], steps: int) -> list[int]:
             nxt = ref(ids, torch.ones_like(ids), pos, *ref.empty_past(1))[0][0, -1].argmax()
             ids = torch.cat([ids, nxt.view(1, 1)], 1)
     return ids[0, len(prompt):].tolist()
+
+
+def assert_sink_exact_rest_changed(full, coded, sink: int, prompt: list[int]) -> None:
+    """The coded decoder's logits equal the full one's at the sink (position 0) and differ elsewhere."""
+    import torch
+    ids = torch.tensor([prompt])
+    mask, pos = torch.ones_like(ids), torch.arange(ids.shape[1])[None]
+    with torch.no_grad():
+        a = full(ids, mask, pos, *full.empty_past(1))[0]
+        b = coded(ids, mask, pos, *coded.empty_past(1))[0]
+    scale = a.abs().max().item()
+    assert (a[0, 0] - b[0, 0]).abs().max().item() <= 1e-4 * scale       # sink: exact
+    assert (a[0, 1:] - b[0, 1:]).abs().max().item() > 1e-2 * scale      # the rest: compressed

@@ -1,7 +1,6 @@
 """Bad input gets a one-line error naming the fix, and leaves nothing half-written."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -7,12 +7,15 @@ import shlex
 import sys
 
 from exporter.errors import UserError
+from exporter.projectors import load_projectors
 from exporter.text import DEFAULT_EVAL, token_windows
 from graphs.contract import CacheLayout, CacheShape, kv_bytes_per_token
 from graphs.metadata import ExportError, load_metadata
+from .kv_bytes import measured_bytes_per_token
 from .ort_model import OrtModel
 from .parity import check_parity, parity_prompts
 from .quality import measure
+from .rate_distortion import rate_distortion_table
 from .reference import load_references
 from .report import write_reports
 from .tolerances import GREEDY_STEPS
@@ -33,6 +36,8 @@ def main(argv=None) -> int:
     p.add_argument("--prefill", type=int, default=300, help="parity prompt length in tokens")
     p.add_argument("--decode", type=int, default=GREEDY_STEPS, help="parity greedy decode steps")
     p.add_argument("--skip-quality", action="store_true", help="parity only")
+    p.add_argument("--rd-tokens", type=int, default=2048,
+                   help="quantized exports: tokens of the eval text for the rate-distortion table")
     p.add_argument("--max-ppl-increase", type=float, default=None,
                    help="fail (exit 3) when the perplexity increase exceeds this many percent")
     a = p.parse_args(argv)
@@ -47,6 +52,9 @@ def main(argv=None) -> int:
         print(f"parity: prefill {parity.prefill_max_abs_diff:.3g}, decode {parity.decode_max_abs_diff:.3g}, "
               f"relative {parity.rel_diff:.3g} (tolerance {parity.tolerance:g}), greedy argmax agrees "
               f"{parity.greedy_agreement}/{parity.decode_steps + 1} -> {'PASS' if parity.passed else 'FAIL'}")
+        measured = measured_bytes_per_token(ort_model)
+        print(f"KV bytes per token: {measured} measured from the ONNX outputs, {meta.kv_bytes_per_token} estimated"
+              f" -> {'equal' if measured == meta.kv_bytes_per_token else 'DIFFERENT'}")
         m = meta.model
         original = CacheLayout.uniform(m["num_layers"], CacheShape(m["num_kv_heads"], m["head_dim"]),
                                        CacheShape(m["num_kv_heads"], m["head_dim"]))
@@ -56,9 +64,17 @@ def main(argv=None) -> int:
                   "parity": parity.to_json(),
                   "kv": {"original_fp32": kv_bytes_per_token(original),
                          "original_fp16": kv_bytes_per_token(CacheLayout(original.keys, original.values, "float16")),
-                         "export": meta.kv_bytes_per_token, "dtype": meta.layout.dtype}}
+                         "export": meta.kv_bytes_per_token, "measured": measured,
+                         "dtype": "uint8 codes" if meta.layout.quantized else meta.layout.dtype}}
+        window = min(a.window, meta.model["max_positions"] - (sink is not None))       # GPT-2 stops at 1024
+        if meta.layout.quantized:
+            proj = load_projectors(os.path.join(export, "projectors"))
+            rd = rate_distortion_table(hf, proj, token_windows(tok, a.eval, window, a.rd_tokens, sink))
+            report["rate_distortion"] = [t.to_json() for t in rd]
+            ratios = sorted(t.ratio for t in rd)
+            print(f"reconstruction error / Gaussian rate-distortion bound per tensor: median "
+                  f"{ratios[len(ratios) // 2]:.2f}, range {ratios[0]:.2f}-{ratios[-1]:.2f} (report.md has each layer)")
         if not a.skip_quality:
-            window = min(a.window, meta.model["max_positions"] - (sink is not None))   # GPT-2 stops at 1024
             windows = token_windows(tok, a.eval, window, a.eval_tokens, sink)
             q = measure(hf, ort_model, windows, sink is not None, a.eval, window, meta.sink.get("token"))
             report["quality"] = q.to_json()
@@ -75,6 +91,9 @@ def main(argv=None) -> int:
         return 2
     if not parity.passed:
         print("parity FAILED", file=sys.stderr)
+        return 1
+    if report["kv"]["measured"] != report["kv"]["export"]:
+        print("the graph's cache grows by other bytes than its metadata says", file=sys.stderr)
         return 1
     if report.get("budget") and not report["budget"]["passed"]:
         print(f"quality budget exceeded: {report['quality']['ppl_increase_pct']:+.2f} % > {a.max_ppl_increase} %",

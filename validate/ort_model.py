@@ -10,6 +10,7 @@ import onnxruntime as ort
 
 from graphs import contract as C
 from graphs.metadata import MODEL_FILE, ExportMetadata
+from runtime.cache import NUMPY_DTYPES
 
 
 class OrtModel:
@@ -20,11 +21,11 @@ class OrtModel:
         self.session = ort.InferenceSession(os.path.join(export_dir, MODEL_FILE), opts,
                                             providers=["CPUExecutionProvider"])
         self.layout = meta.layout
-        self.dtype = np.float16 if meta.layout.dtype == "float16" else np.float32
 
     def empty_past(self, batch: int) -> list[np.ndarray]:
-        return [np.zeros((batch, self.layout.shape(i, k).kv_heads, 0, self.layout.shape(i, k).head_size),
-                         self.dtype) for i, k, _, _ in self.layout.names()]
+        def empty(s):
+            return np.zeros((batch, s.kv_heads, 0, s.head_size), NUMPY_DTYPES[self.layout.dtype_of(s)])
+        return [empty(self.layout.shape(i, k)) for i, k, _, _ in self.layout.names()]
 
     def __call__(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, past: list[np.ndarray]):
         """ids, pos (B, T), mask (B, P+T), past as from empty_past/previous call -> logits (B, T, V), present."""

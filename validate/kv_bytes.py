@@ -1,0 +1,19 @@
+"""KV bytes per token measured from what the graph returns: how much its present tensors grow in one step.
+
+The estimator (graphs/contract.kv_bytes_per_token) computes the figure from the layout; this measures it on the
+ONNX Runtime outputs themselves, so a graph that stores more than its metadata says (a wider code, a float
+where uint8 was meant, scales kept beside the codes) cannot hide."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def measured_bytes_per_token(ort_model, prompt_tokens: int = 8) -> int:
+    """Bytes of every present tensor after prompt_tokens + 1 tokens minus after prompt_tokens (batch 1)."""
+    ids = (np.arange(prompt_tokens, dtype=np.int64) % 100 + 3)[None]               # (1, n)
+    mask = np.ones_like(ids)
+    _, past = ort_model(ids, mask, np.arange(prompt_tokens)[None], ort_model.empty_past(1))
+    before = sum(p.nbytes for p in past)
+    mask = np.ones((1, prompt_tokens + 1), np.int64)
+    _, past = ort_model(ids[:, -1:], mask, np.array([[prompt_tokens]]), past)
+    return sum(p.nbytes for p in past) - before
