@@ -27,7 +27,7 @@ from graphs.contract import CacheLayout, CacheShape, kv_bytes_per_token
 from graphs.metadata import load_metadata
 from validate.kv_bytes import measured_bytes_per_token
 from validate.ort_model import OrtModel
-from validate.parity import check_parity, parity_prompts
+from validate.parity import check_parity, hf_original, parity_prompts
 from validate.quality import hf_logits, measure
 
 
@@ -96,7 +96,8 @@ def main(argv=None) -> int:
         proj = load_projectors(stem, meta.model["fingerprint"]) if os.path.isfile(stem + ".json") else None
         ref = build_decoder(hf, proj)
         ort_model = OrtModel(out, meta)
-        par = check_parity(ref, ort_model, parity_prompts(tok, sink, 300, a.eval), meta.pad_token_id)
+        par = check_parity(ref, ort_model, parity_prompts(tok, sink, 300, a.eval), meta.pad_token_id,
+                           original=hf_original(hf))
         measured = measured_bytes_per_token(ort_model)
         del ref
         q = measure(lambda i, ids: original[i], ort_model, windows, sink is not None, a.eval, window,

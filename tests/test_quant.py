@@ -20,7 +20,7 @@ from tests.conftest import assert_sink_exact_rest_changed, load_ref, reference_g
 from tests.test_parity import prompts
 from validate.kv_bytes import measured_bytes_per_token
 from validate.ort_model import OrtModel
-from validate.parity import check_parity
+from validate.parity import check_parity, hf_original
 
 
 def test_gaussian_steps_match_max_1960():
@@ -129,11 +129,12 @@ def test_quantized_export_matches_reference_and_its_bytes(arch, k, mode, method,
     """ONNX Runtime == the PyTorch reference with the same quantizer (prefill, 64 greedy steps, padded batch);
     the cache is uint8 codes, and its growth per token measured on the ONNX outputs equals the estimator."""
     export = quant_export(tiny_export, arch, k, mode, method, allocation, scales)
-    _, _, ref, meta = load_ref(export)
+    hf, _, ref, meta = load_ref(export)
     assert meta.layout.quantized
     ort = OrtModel(export, meta)
-    result = check_parity(ref, ort, prompts(meta.sink["token_id"]), meta.pad_token_id)
+    result = check_parity(ref, ort, prompts(meta.sink["token_id"]), meta.pad_token_id, original=hf_original(hf))
     assert result.greedy_identical and result.passed, result.to_json()
+    assert result.kl_mean < 1e-6 < result.kl_cost            # tiny models: no code flips, and a real cost
     assert measured_bytes_per_token(ort) == meta.kv_bytes_per_token
     fp16 = 2 * 2 * meta.model["num_layers"] * meta.model["num_kv_heads"] * meta.model["head_dim"]
     assert meta.kv_bytes_per_token <= fp16 / 4                  # the budget holds, scale bytes included
@@ -216,3 +217,13 @@ def test_scale_search_finds_the_gaussian_optimum_and_widens_for_heavy_tails():
     laplace = torch.distributions.Laplace(0.0, 2 ** -0.5).sample((200_000, 1))   # unit variance, heavy tails
     _, scales = scale_search(laplace, torch.tensor([1.0]), [4])
     assert scales[0, 0].item() > 1.2                                         # a wider step clips less
+
+
+def test_quantized_export_is_deterministic(tiny_model_dir, tmp_path):
+    """Same inputs and seed: the same bits, scales and ONNX bytes (sensitivity probes and scale fits included)."""
+    from exporter.pipeline import ExportOptions, run_export
+    outs = [run_export(ExportOptions(model=tiny_model_dir("llama"), k="full", calib_tokens=4096, window=256,
+                                     out=str(tmp_path / f"e{i}"), build_dir=str(tmp_path),
+                                     quant=QuantOptions("spectral", 8.0))) for i in range(2)]
+    a, b = (open(f"{d}/model.onnx", "rb").read() for d in outs)
+    assert a == b

@@ -13,12 +13,12 @@ from graphs.contract import CacheLayout, CacheShape, kv_bytes_per_token
 from graphs.metadata import ExportError, load_metadata
 from .kv_bytes import measured_bytes_per_token
 from .ort_model import OrtModel
-from .parity import check_parity, parity_prompts
+from .parity import check_parity, hf_original, parity_prompts
 from .quality import measure
 from .rate_distortion import rate_distortion_table
 from .reference import load_references
 from .report import write_reports
-from .tolerances import GREEDY_STEPS
+from .tolerances import GREEDY_STEPS, QUANTIZED_KL_FRACTION
 
 
 def ranks_summary(ranks: list) -> str:
@@ -48,10 +48,13 @@ def main(argv=None) -> int:
         ort_model = OrtModel(export, meta)
         sink = meta.sink.get("token_id")
         prompts = parity_prompts(tok, sink, a.prefill, a.eval, padded=meta.cache_update != "shared-buffer")
-        parity = check_parity(reference, ort_model, prompts, meta.pad_token_id, a.decode)
-        print(f"parity: prefill {parity.prefill_max_abs_diff:.3g}, decode {parity.decode_max_abs_diff:.3g}, "
-              f"relative {parity.rel_diff:.3g} (tolerance {parity.tolerance:g}), greedy argmax agrees "
-              f"{parity.greedy_agreement}/{parity.decode_steps + 1} -> {'PASS' if parity.passed else 'FAIL'}")
+        parity = check_parity(reference, ort_model, prompts, meta.pad_token_id, a.decode, original=hf_original(hf))
+        held = f"KL {parity.kl_mean:.2g} nats (at most {QUANTIZED_KL_FRACTION:g} x the compression's own "\
+            f"{parity.kl_cost:.2g}, quantized cache)" if parity.quantized \
+            else f"relative {parity.rel_diff:.3g} (tolerance {parity.tolerance:g})"
+        print(f"parity: prefill {parity.prefill_max_abs_diff:.3g}, decode {parity.decode_max_abs_diff:.3g}, {held}, "
+              f"greedy argmax agrees {parity.greedy_agreement}/{parity.decode_steps + 1} -> "
+              f"{'PASS' if parity.passed else 'FAIL'}")
         measured = measured_bytes_per_token(ort_model)
         print(f"KV bytes per token: {measured} measured from the ONNX outputs, {meta.kv_bytes_per_token} estimated"
               f" -> {'equal' if measured == meta.kv_bytes_per_token else 'DIFFERENT'}")

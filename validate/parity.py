@@ -9,7 +9,7 @@ import torch
 from runtime.forward import position_ids
 from runtime.prompts import left_pad
 
-from .tolerances import GREEDY_STEPS, greedy_required, logit_rtol, within
+from .tolerances import GREEDY_STEPS, QUANTIZED_KL_FRACTION, greedy_required, logit_rtol, within
 
 
 @dataclass
@@ -25,9 +25,15 @@ class ParityResult:
     decode_steps: int
     batch: int
     prompt_lengths: list
+    kl_mean: float = 0.0       # mean KL(reference || ORT) of the next-token distributions, nats, all positions
+    quantized: bool = False    # a quantized cache: held to QUANTIZED_KL_FRACTION of kl_cost instead of the logits
+    kl_cost: float | None = None   # quantized: mean KL(original model || reference) on the prefill, what the
+                                   # compression itself changes
 
     @property
     def passed(self) -> bool:
+        if self.quantized:
+            return self.kl_mean <= QUANTIZED_KL_FRACTION * self.kl_cost
         logits_ok = within(max(self.prefill_max_abs_diff, self.decode_max_abs_diff), self.max_abs_ref_logit,
                            self.tolerance)
         return logits_ok and (self.greedy_identical or not self.greedy_required)
@@ -47,11 +53,13 @@ def parity_prompts(tokenizer, sink: int | None, length: int, eval_file: str,
 
 
 def check_parity(reference, ort_model, prompts: list[list[int]], pad_id: int,
-                 steps: int = GREEDY_STEPS, rtol: float | None = None) -> ParityResult:
+                 steps: int = GREEDY_STEPS, rtol: float | None = None, original=None) -> ParityResult:
     """Run both sides on the same left-padded batch: prefill, then `steps` greedy steps in which both are fed
     the reference's argmax (so logits compare on the same inputs even after a near-tie flips ORT's argmax),
     counting the steps where ORT's argmax agrees. rtol and whether identical greedy tokens are required
-    follow the export's dtype (validate/tolerances.py) unless rtol is given."""
+    follow the export's dtype (validate/tolerances.py) unless rtol is given; a quantized cache is held to the
+    mean KL between the two instead, next to what the compression changes: original(ids, mask, pos) -> the
+    uncompressed model's logits (numpy), required then (QUANTIZED_KL_FRACTION says why)."""
     dtype = ort_model.layout.dtype
     rtol = logit_rtol(dtype) if rtol is None else rtol
     ids, mask = left_pad(prompts, pad_id)
@@ -64,6 +72,7 @@ def check_parity(reference, ort_model, prompts: list[list[int]], pad_id: int,
     ref_logits, ref_past = out[0].numpy(), list(out[1:])
     ort_logits, ort_past = ort_model(ids, mask, pos, ort_model.empty_past(B))
     prefill_diff = float(np.abs(ref_logits - ort_logits)[valid].max())
+    kls = [mean_kl(ref_logits, ort_logits, valid)]
     max_ref = float(np.abs(ref_logits[valid]).max())
     decode_diff, agree = 0.0, 0
     ref_tok, ort_tok = ref_logits[:, -1].argmax(-1), ort_logits[:, -1].argmax(-1)
@@ -77,9 +86,37 @@ def check_parity(reference, ort_model, prompts: list[list[int]], pad_id: int,
         r, ref_past = out[0].numpy(), list(out[1:])
         o, ort_past = ort_model(ref_tok[:, None], mask, pos, ort_past)
         decode_diff = max(decode_diff, float(np.abs(r - o).max()))
+        kls.append(mean_kl(r, o))
         max_ref = max(max_ref, float(np.abs(r).max()))
         ref_tok, ort_tok = r[:, -1].argmax(-1), o[:, -1].argmax(-1)
     agree += bool((ref_tok == ort_tok).all())
     rel = max(prefill_diff, decode_diff) / max_ref
+    quantized = ort_model.layout.quantized
+    weights = [int(valid.sum())] + [B] * steps
+    kl = float(np.dot(kls, weights) / sum(weights))
+    cost = None
+    if quantized:
+        if original is None:
+            raise ValueError("a quantized export's parity needs the original model's logits (original=...)")
+        ids, mask = left_pad(prompts, pad_id)
+        cost = mean_kl(original(ids, mask, position_ids(mask, ids.shape[1])), ref_logits, valid)
     return ParityResult(prefill_diff, decode_diff, max_ref, rel, rtol, agree == steps + 1, agree,
-                        greedy_required(dtype), steps, B, [len(p) for p in prompts])
+                        greedy_required(dtype) and not quantized, steps, B, [len(p) for p in prompts], kl,
+                        quantized, cost)
+
+
+def hf_original(hf):
+    """original(ids, mask, pos) for check_parity: the HF model's logits on a padded batch, numpy."""
+    def logits(ids, mask, pos):
+        with torch.no_grad():
+            return hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                      position_ids=torch.from_numpy(pos)).logits.float().numpy()
+    return logits
+
+
+def mean_kl(ref_logits: np.ndarray, ort_logits: np.ndarray, valid: np.ndarray | None = None) -> float:
+    """Mean KL(reference || ORT) over positions (B, T, V) logits, those where valid (B, T) is true."""
+    r = torch.log_softmax(torch.from_numpy(ref_logits).double(), -1)
+    o = torch.log_softmax(torch.from_numpy(ort_logits).double(), -1)
+    kl = (r.exp() * (r - o)).sum(-1).numpy()                                # (B, T)
+    return float(kl[valid].mean() if valid is not None else kl.mean())

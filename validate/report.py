@@ -28,6 +28,11 @@ def markdown(r: dict) -> str:
              f"{p['rel_diff']:.3g} | {p['tolerance']:g} | {p['greedy_agreement']}/{p['decode_steps'] + 1} steps"
              f"{'' if p['greedy_required'] else ' (reported, not required)'} (batch "
              f"{p['batch']}, prompts {p['prompt_lengths']}) | {'PASS' if p['passed'] else 'FAIL'} |", ""]
+    if p.get("quantized"):
+        lines += [f"Quantized cache: held to the mean KL(reference ‖ ORT) instead, {p['kl_mean']:.2g} nats, next to "
+                  f"what the quantization changes, KL(original ‖ reference) {p['kl_cost']:.2g} on the prefill "
+                  "(validate/tolerances.py, QUANTIZED_KL_FRACTION, says why logits cannot match to the float "
+                  "tolerance).", ""]
     if q:
         lines += ["## Cost of compression (original HF model vs this export in ONNX Runtime)", "",
                   f"Text `{os.path.basename(q['eval_file'])}`, windows of {q['window']} tokens, {q['tokens_scored']} "
