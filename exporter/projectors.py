@@ -37,7 +37,7 @@ class Codec:
     head_decode: torch.Tensor | None = None         # (H, d, r): values only, query head h's own decode of the
                                                     # latents into its KV head's d dims (decode: their group mean)
     bits: torch.Tensor | None = None                # (r,) int64: a quantized cache's bits per component (quant.py)
-    sigma: torch.Tensor | None = None               # (r,) each component's standard deviation on calibration text
+    sigma: torch.Tensor | None = None               # (r,) each component's quantizer scale (std, or fitted)
     sink: torch.Tensor | None = None                # (r,) the sink token's exact latent (quantized caches only)
 
     def __post_init__(self):

@@ -8,8 +8,9 @@ stored as a code of bits_j bits by a uniform mid-rise quantizer,
 
 and attention sees c^ (the new tokens' too, so each step computes exactly what the next step will read back).
 Steps, by `scales`:
-  static  step_j = gaussian_step(bits_j) sigma_j, sigma_j the component's standard deviation on the calibration
-          text: nothing stored per token beyond the codes.
+  static  step_j = gaussian_step(bits_j) sigma_j, sigma_j the component's scale: its standard deviation on the
+          calibration text, or the multiple of it fitted to calibration samples (quantize.scale_search); nothing
+          stored per token beyond the codes.
   token   per token and per group of `group` components, s = the smallest 2^(e/8 - 16) >= max_j |c_j| / sigma_j
           (one byte e per group, stored beside the codes), and step_j = 2 s sigma_j / L_j: nothing is clipped.
 The sink (the constant token at position 0) is replaced by its exact latent after decoding: its keys and
