@@ -185,7 +185,8 @@ def quantizer_samples(o: ExportOptions, tok, cfg, full_decoder, key_mode: str, s
 
 def quantize(o: ExportOptions, hf, tok, cfg, full_decoder, stats, proj, sink, info, samples=None):
     """Bits for a quantized cache (quantize.py). PCA and output-aware codes are fitted again at the ranks the
-    bits keep, so the sink stays exact; trained ones are not retrained (and the sink is coded like any token)."""
+    bits keep, so the sink stays exact; trained ones are not retrained (the sink's latent is put back exactly,
+    but a trained code need not reconstruct the sink's vector from it)."""
     mode, method = proj.key_mode, proj.info.get("method")
     metric = output_metrics(hf, cfg, stats, mode)
     refit = None

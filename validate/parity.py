@@ -73,6 +73,11 @@ def check_parity(reference, ort_model, prompts: list[list[int]], pad_id: int,
     ort_logits, ort_past = ort_model(ids, mask, pos, ort_model.empty_past(B))
     prefill_diff = float(np.abs(ref_logits - ort_logits)[valid].max())
     kls = [mean_kl(ref_logits, ort_logits, valid)]
+    quantized, cost = ort_model.layout.quantized, None
+    if quantized:                   # what the compression itself changes, on the same prefill
+        if original is None:
+            raise ValueError("a quantized export's parity needs the original model's logits (original=...)")
+        cost = mean_kl(original(ids, mask, pos), ref_logits, valid)
     max_ref = float(np.abs(ref_logits[valid]).max())
     decode_diff, agree = 0.0, 0
     ref_tok, ort_tok = ref_logits[:, -1].argmax(-1), ort_logits[:, -1].argmax(-1)
@@ -91,15 +96,8 @@ def check_parity(reference, ort_model, prompts: list[list[int]], pad_id: int,
         ref_tok, ort_tok = r[:, -1].argmax(-1), o[:, -1].argmax(-1)
     agree += bool((ref_tok == ort_tok).all())
     rel = max(prefill_diff, decode_diff) / max_ref
-    quantized = ort_model.layout.quantized
     weights = [int(valid.sum())] + [B] * steps
     kl = float(np.dot(kls, weights) / sum(weights))
-    cost = None
-    if quantized:
-        if original is None:
-            raise ValueError("a quantized export's parity needs the original model's logits (original=...)")
-        ids, mask = left_pad(prompts, pad_id)
-        cost = mean_kl(original(ids, mask, position_ids(mask, ids.shape[1])), ref_logits, valid)
     return ParityResult(prefill_diff, decode_diff, max_ref, rel, rtol, agree == steps + 1, agree,
                         greedy_required(dtype) and not quantized, steps, B, [len(p) for p in prompts], kl,
                         quantized, cost)

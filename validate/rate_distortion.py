@@ -15,6 +15,7 @@ import torch
 
 from exporter.bits import rate_distortion_bound
 from exporter.calibrate import Rows, capture
+from exporter.config import from_hf
 from exporter.fit import key_tap
 from exporter.fold import build_decoder
 from exporter.quant import quantizer_for
@@ -46,7 +47,6 @@ def reconstruction(codec, quant, x: torch.Tensor) -> torch.Tensor:
 
 def rate_distortion_table(hf, proj, windows: list[list[int]]) -> list[TensorRD]:
     """Achieved error and bound for every quantized tensor of `proj`, on `windows` (sink first)."""
-    from exporter.config import from_hf
     cfg = from_hf(hf.config)
     q = proj.info["quant"]
     taps = {"key": key_tap(cfg, proj.key_mode), "value": "value"}
