@@ -5,7 +5,7 @@ PY        ?= python3
 VENV      := .venv
 PYTHON    := $(VENV)/bin/python
 STAMP     := $(VENV)/.setup-done
-# optimum-onnx pins transformers<4.58: its own virtualenv, used only by tests/test_optimum.py (docs/optimum.md)
+# optimum-onnx pins transformers<4.58: its own virtualenv, used only by tests/validate/test_optimum.py (docs/optimum.md)
 OPT_VENV  := build/venvs/optimum
 OPT_STAMP := $(OPT_VENV)/.setup-done
 
@@ -38,7 +38,7 @@ MAX_NEW_TOKENS ?= 64
 PYTEST_ARGS ?=
 TEXT      ?=
 
-.PHONY: setup optimum-setup export validate generate analyze interop test clean help bench-runtime frontier
+.PHONY: setup optimum-setup export validate generate analyze interop test test-fast clean help bench-runtime frontier
 
 help:
 	@echo "make export [MODEL=id|dir|file.gguf] [K=128|full] [K_KEY=] [K_VALUE=] [KEY_MODE=pre-rope|post-rope] [CALIB=file] [SEED=0]"
@@ -54,6 +54,7 @@ help:
 	@echo "make analyze [MODEL=] [TEXT=file]        spectra, robust Df, weight spectra, memory table -> build/analyze-<model>/"
 	@echo "make interop [EXPORT=dir]                 onnxruntime-genai vs our runtime (default: SmolLM2 full, K=128 both modes)"
 	@echo "make test                                 the test suite (tiny models, a few minutes)"
+	@echo "make test-fast                            the tests that need no tiny model or export (under a minute)"
 	@echo "make bench-runtime [BENCH_ARGS=...]       ours vs onnxruntime-genai, HF, optimum (TTFT, tok/s, RSS) -> build/bench-runtime.md"
 
 setup: $(STAMP)
@@ -102,6 +103,9 @@ interop: setup
 
 test: setup optimum-setup
 	$(PYTHON) -m pytest -q tests $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PYTHON) -m pytest -q tests -m "not slow" $(PYTEST_ARGS)
 
 bench-runtime: setup optimum-setup
 	$(PYTHON) -m benchmarks.runtime_bench $(BENCH_ARGS)

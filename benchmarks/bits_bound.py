@@ -18,10 +18,11 @@ import sys
 
 import torch
 
-from benchmarks.calibrated import calibrated
 from benchmarks.klt_quant import spectrum
-from exporter.bits import allocate_bits, quantized_mse, rate_distortion_bound
-from exporter.fit import key_tap
+from exporter.calib.capture import key_tap
+from exporter.job.job import ExportJob
+from exporter.options import ExportOptions
+from exporter.quant.theory import allocate_bits, quantized_mse, rate_distortion_bound
 
 def rows(cov: torch.Tensor, bits: float) -> dict:
     lam, _ = spectrum(cov)                                               # descending
@@ -41,8 +42,8 @@ def main(argv=None) -> int:
     p.add_argument("--bits", default="4,3,2")
     p.add_argument("--mode", default="pre-rope", help="which keys: pre-rope or post-rope")
     a = p.parse_args(argv)
-    c = calibrated(a.model)
-    cfg, (accs, _, info) = c.cfg, c.stats
+    c = ExportJob.start(ExportOptions(model=a.model))
+    cfg, accs, info = c.config, c.statistics().accumulators, c.statistics().calibration
     print(f"{c.loaded.name}, calibration {info['file']} ({info['tokens']} tokens); error left / total variance, "
           f"mean over {cfg.num_layers} layers\n")
     print("| tensor | bits/dim | Gaussian bound | KLT + spectral bits | raw uniform bits | KLT components coded |")

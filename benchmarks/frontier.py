@@ -1,5 +1,5 @@
 """Perplexity against KV bytes per token: PCA, output-aware and trained projectors at the same budgets, and
-quantized caches (exporter/quantize.py) at given ratios, with the uncompressed model in the same run.
+quantized caches (exporter/quant/design.py) at given ratios, with the uncompressed model in the same run.
 
     python -m benchmarks.frontier [--ranks 64/64,96/96,128/128] [--modes pre-rope,post-rope]
         [--methods pca,output-aware,trained] [--eval-tokens 32768] [--train-steps 64]
@@ -27,21 +27,18 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import replace
 
 
 from benchmarks import kv_quant
-from benchmarks.calibrated import calibrated
-from exporter.export import layout_of
-from exporter.fit import fit_raw, parse_rank, per_layer
-from exporter.fold import build_decoder
-from exporter.heldout import nll, perplexity
-from exporter.pipeline import ExportOptions, fit_projectors, quantize, quantizer_samples
-from exporter.projectors import load_projectors
-from exporter.quantize import QuantOptions
+from exporter.calib.text import token_windows
+from exporter.codec.store import load_projectors, save_projectors
+from exporter.eval.perplexity import nll, perplexity
+from exporter.export.onnx_file import layout_of
+from exporter.job.job import ExportJob
+from exporter.job.stages import fit_projectors, quantize
+from exporter.model.fold import build_decoder
+from exporter.options import DEFAULT_EVAL, ExportOptions, QuantOptions, TrainOptions, parse_rank, per_layer
 from graphs.contract import kv_bytes_per_token
-from exporter.text import DEFAULT_EVAL, token_windows
-from exporter.train import TrainOptions
 
 FP16 = 2
 
@@ -54,12 +51,10 @@ def low_rank_bytes(proj, cfg) -> int:
 class Frontier:
     def __init__(self, a):
         self.a = a
-        c = calibrated(a.model, a.calib_tokens)
-        self.loaded, self.cfg, self.o, self.sink = c.loaded, c.cfg, c.options, c.sink
-        self.fingerprint, self.full, self.stats = c.fingerprint, c.decoder, c.stats
-        self.windows = token_windows(c.loaded.tokenizer, a.eval, 2048, a.eval_tokens, self.sink)
+        self.job = ExportJob.start(ExportOptions(model=a.model, calib_tokens=a.calib_tokens))
+        self.loaded, self.cfg, self.sink = self.job.loaded, self.job.config, self.job.sink
+        self.windows = token_windows(self.loaded.tokenizer, a.eval, 2048, a.eval_tokens, self.sink)
         self.rows = []
-        self.samples = {}        # key mode -> calibration samples for static quantizer scales
 
     def add(self, label: str, method: str, mode: str, nll_n, bytes_: float, extra=None):
         ppl = perplexity(nll_n)
@@ -72,19 +67,17 @@ class Frontier:
               f"({row['ppl_increase_pct']:+.2f} %)", flush=True)
 
     def projectors(self, method: str, mode: str, kr, vr):
-        """The export's own fitting (pipeline.fit_projectors); trained files are kept in build/frontier/."""
-        cfg, hf = self.cfg, self.loaded.model
+        """The export's own fitting (job/stages.fit_projectors); trained files are kept in build/frontier/."""
+        L = self.cfg.num_layers
         stem = os.path.join("build", "frontier", f"{self.loaded.name}-{mode}-k{kr}-v{vr}-{self.a.train_loss}"
                                                  f"-{self.a.train_steps}")
         if method == "trained" and os.path.isfile(stem + ".json") and not self.a.retrain:
-            return load_projectors(stem, self.fingerprint)
-        o = replace(self.o, method=method, train=TrainOptions(loss=self.a.train_loss, max_steps=self.a.train_steps))
-        info = {"model": self.loaded.source, "model_fingerprint": self.fingerprint, "seed": 0}
-        proj = fit_projectors(o, hf, self.loaded.tokenizer, cfg, self.full, self.stats, per_layer(kr, cfg.num_layers),
-                              per_layer(vr, cfg.num_layers), mode, self.sink, info)
+            return load_projectors(stem, self.job.fingerprint)
+        train = TrainOptions(loss=self.a.train_loss, max_steps=self.a.train_steps)
+        proj = fit_projectors(self.job, per_layer(kr, L), per_layer(vr, L), method, mode, train)
         if method == "trained":
             os.makedirs(os.path.dirname(stem), exist_ok=True)
-            proj.save(stem)
+            save_projectors(proj, stem)
         return proj
 
     def quantized(self, spec: str, ratio: float, mode: str):
@@ -93,18 +86,11 @@ class Frontier:
         key_scales, _, value_scales = scales.partition("-")
         cfg, hf = self.cfg, self.loaded.model
         t0 = time.time()
-        if method == "raw":
-            proj = fit_raw(self.stats, cfg, mode, self.sink, {})
-        else:
-            r = parse_rank(k, cfg.kv_dim, "K") or cfg.kv_dim
-            proj = self.projectors(method, mode, r, r)
+        r = None if method == "raw" else parse_rank(k, cfg.kv_dim, "K") or cfg.kv_dim
+        proj = self.projectors(method, mode, r, r)
         q = QuantOptions(allocation, ratio, key_scales, value_scales or key_scales,
                          **dict(zip(("weights", "sensitivity", "probe_rounds"), more[:2] + [int(x) for x in more[2:]])))
-        o = replace(self.o, method=method, quant=q)
-        if mode not in self.samples:
-            self.samples[mode] = quantizer_samples(o, self.loaded.tokenizer, cfg, self.full, mode, self.sink)
-        proj = quantize(o, hf, self.loaded.tokenizer, cfg, self.full, self.stats, proj, self.sink, {},
-                        self.samples[mode])
+        proj = quantize(self.job, proj, q)
         dec = build_decoder(hf, proj)
         self.add(f"{spec} {mode} {ratio:g}x", spec, mode, nll(dec, self.windows),
                  kv_bytes_per_token(layout_of(dec)))
@@ -112,13 +98,14 @@ class Frontier:
 
     def run(self):
         a, cfg = self.a, self.cfg
-        self.add("uncompressed", "none", "-", nll(self.full, self.windows), 2 * cfg.num_layers * cfg.kv_dim * FP16)
+        full = self.job.decoder
+        self.add("uncompressed", "none", "-", nll(full, self.windows), 2 * cfg.num_layers * cfg.kv_dim * FP16)
         for spec in [s for s in a.quantized.split(",") if s]:
             for ratio in [float(r) for r in a.ratios.split(",")]:
                 self.quantized(spec, ratio, a.modes.split(",")[0])
         for bits in [int(b) for b in a.quant.split(",") if b]:
             self.add(f"int{bits} KV (simulated, per channel)", f"int{bits}", "-",
-                     nll(self.full, self.windows, lambda i: kv_quant.codec(bits)),
+                     nll(full, self.windows, lambda i: kv_quant.codec(bits)),
                      kv_quant.bytes_per_token(bits, cfg.num_layers, cfg.kv_dim))
         for mode in a.modes.split(","):
             for spec in [s for s in a.ranks.split(",") if s]:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from exporter.auto import increase_with_margin, spread_windows
-from exporter.fold import build_decoder
-from exporter.heldout import nll
-from exporter.text import DEFAULT_EVAL, token_windows
+from exporter.calib.text import spread_windows, token_windows
+from exporter.eval.perplexity import nll
+from exporter.model.fold import build_decoder
+from exporter.options import DEFAULT_EVAL
+from exporter.ranks.auto import increase_with_margin
 from graphs.metadata import load_metadata
 from validate.reference import load_references
 

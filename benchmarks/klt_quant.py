@@ -18,11 +18,12 @@ import sys
 
 import torch
 
-from exporter.bits import allocate_bits
-from exporter.heldout import nll, perplexity
-from exporter.text import DEFAULT_EVAL, fitting_window, token_windows
+from exporter.calib.text import fitting_window, token_windows
+from exporter.eval.perplexity import nll, perplexity
+from exporter.job.job import ExportJob
+from exporter.options import DEFAULT_EVAL, ExportOptions
+from exporter.quant.theory import allocate_bits
 
-from .calibrated import calibrated
 from . import kv_quant
 
 GROUP = kv_quant.GROUP
@@ -83,8 +84,8 @@ def main(argv=None) -> int:
     p.add_argument("--bits", default="4,3,2")
     p.add_argument("--eval-tokens", type=int, default=8192)
     a = p.parse_args(argv)
-    c = calibrated(a.model)
-    cfg, sink, dec, (accs, _, _), loaded = c.cfg, c.sink, c.decoder, c.stats, c.loaded
+    c = ExportJob.start(ExportOptions(model=a.model))
+    cfg, sink, dec, accs, loaded = c.config, c.sink, c.decoder, c.statistics().accumulators, c.loaded
     spectra = {(i, k): spectrum(accs[(i, tap)].covariance()) for i in range(cfg.num_layers) for k, tap in TAPS.items()}
     window = fitting_window(2048, cfg.max_positions, sink)
     windows = token_windows(loaded.tokenizer, DEFAULT_EVAL, window, a.eval_tokens, sink)

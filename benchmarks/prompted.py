@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from exporter.text import DEFAULT_EVAL
+from exporter.options import DEFAULT_EVAL
 from runtime import Generator
 from runtime.cache import KVCache
 from runtime.prompts import sink_prefix

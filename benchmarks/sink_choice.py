@@ -13,10 +13,11 @@ import sys
 
 import torch
 
-from exporter.load import load
-from exporter.pipeline import sink_token_id
-from exporter.text import DEFAULT_EVAL, token_windows
-from validate.quality import hf_logits
+from exporter.calib.text import token_windows
+from exporter.calib.tokens import sink_token_id
+from exporter.eval.perplexity import hf_logits
+from exporter.model.load import load
+from exporter.options import DEFAULT_EVAL
 
 
 def perplexity(hf, windows) -> tuple[float, int]:

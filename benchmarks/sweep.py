@@ -18,17 +18,18 @@ import statistics
 import sys
 
 
-from exporter.fold import build_decoder
-from exporter.load import load
-from exporter.pipeline import ExportOptions, default_out, run_export
-from exporter.projectors import load_projectors
-from exporter.text import DEFAULT_EVAL, fitting_window, token_windows
+from exporter.calib.text import fitting_window, token_windows
+from exporter.codec.store import load_projectors
+from exporter.eval.perplexity import hf_logits, measure
+from exporter.job.run import default_out, run_export
+from exporter.model.fold import build_decoder
+from exporter.model.load import load
+from exporter.options import DEFAULT_EVAL, ExportOptions
 from graphs.contract import CacheLayout, CacheShape, kv_bytes_per_token
 from graphs.metadata import load_metadata
 from validate.kv_bytes import measured_bytes_per_token
 from validate.ort_model import OrtModel
 from validate.parity import check_parity, hf_original, parity_prompts
-from validate.quality import hf_logits, measure
 
 
 def decode_speed(export: str, prompt: list[int], runs: int = 3, new_tokens: int = 64) -> float:
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
                            original=hf_original(hf))
         measured = measured_bytes_per_token(ort_model)
         del ref
-        q = measure(lambda i, ids: original[i], ort_model, windows, sink is not None, a.eval, window,
+        q = measure(lambda i, ids: original[i], ort_model.window_logits, windows, sink is not None, a.eval, window,
                     meta.sink["token"])
         del ort_model
         tps = float("nan") if a.no_speed else decode_speed(out, speed_prompt)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks.calibrated import calibrated
-from exporter.fit import fit_pca, key_tap, output_metrics, output_whitening, per_layer
-from exporter.train import TrainOptions, train_projectors, training_windows
+from exporter.job.job import ExportJob
+from exporter.job.stages import fit_projectors
+from exporter.options import ExportOptions, TrainOptions, per_layer
 
 
 def main(argv=None) -> int:
@@ -29,19 +29,14 @@ def main(argv=None) -> int:
     p.add_argument("--train-tokens", type=int, default=None,
                    help="training tokens from the start of the calibration file (default: the calibration tokens)")
     a = p.parse_args(argv)
-    c = calibrated(a.model)
-    cfg, o, sink, full, stats, tok = c.cfg, c.options, c.sink, c.decoder, c.stats, c.loaded.tokenizer
-    metric = output_metrics(c.loaded.model, cfg, stats, a.mode)
+    job = ExportJob.start(ExportOptions(model=a.model))
+    L = job.config.num_layers
     kr, vr = (int(x) for x in a.ranks.split("/"))
-    init = fit_pca(stats, cfg, per_layer(kr, cfg.num_layers), per_layer(vr, cfg.num_layers), a.mode, sink, {},
-                   metric)
     for lr in (float(x) for x in a.lrs.split(",")):
         for per_head in (x == "1" for x in a.head_decode.split(",")):
             t = TrainOptions(lr=lr, max_steps=a.steps, eval_every=4, patience=a.steps, head_decode=per_head,
                              schedule=a.schedule, tokens=a.train_tokens)
-            train, heldout = training_windows(tok, o.calib, o.calib_tokens, t, sink)
-            proj = train_projectors(full, init, key_tap(cfg, a.mode), train, heldout, t, progress=False,
-                                    whitening=output_whitening(metric))
+            proj = fit_projectors(job, per_layer(kr, L), per_layer(vr, L), "trained", a.mode, t)
             curve = [(c["step"], round(c["heldout"], 4)) for c in proj.info["training"]["curve"]]
             print(f"{a.mode} K={a.ranks} lr={lr:g} head_decode={int(per_head)}: {curve}  "
                   f"({proj.info['training']['seconds']} s)", flush=True)

@@ -1,15 +1,17 @@
-"""python -m exporter: export a causal LM to ONNX with a k-dimensional KV cache (see README)."""
+"""python -m exporter: export a causal LM to ONNX with a k-dimensional KV cache (see README).
+
+The command line of exporter/job/run.py:run_export; every flag is a field of exporter/options.py.
+
+Entry point: `main(argv)`; every flag is a field of exporter/options.py.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 
 from .errors import cli_exit
-from .auto import AutoOptions, parse_percent
-from .fit import METHODS
-from .pipeline import DEFAULT_KEY_MODE, ExportOptions, run_export
-from .quantize import ALLOCATIONS, QuantOptions
-from .train import LOSSES, TrainOptions
+from .options import (ALLOCATIONS, DEFAULT_KEY_MODE, LOSSES, METHODS, AutoOptions, ExportOptions, QuantOptions,
+                      TrainOptions, parse_percent)
 
 
 def main(argv=None) -> int:
@@ -96,6 +98,7 @@ def main(argv=None) -> int:
                          quant=QuantOptions(allocation=a.quant, ratio=a.quant_ratio, key_scales=key_scales,
                                             value_scales=value_scales or key_scales, group=a.quant_group,
                                             weights=a.quant_weights, sensitivity=a.quant_sensitivity))
+    from .job.run import run_export     # torch and the model code load only when there is work to do
     return cli_exit(run_export, opts)
 
 

@@ -1,4 +1,7 @@
-"""One exception type for bad user input; the CLI prints its message as a single line and exits 2."""
+"""One exception type for bad user input; the CLI prints its message as a single line and exits 2.
+
+Entry point: `UserError`, `cli_exit(job, *args)`.
+"""
 
 
 class UserError(ValueError):

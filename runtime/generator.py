@@ -91,7 +91,7 @@ class Generator:
     intra_op_threads: onnxruntime intra-op threads (0: its default).
     prefill_chunk: the prompt is fed in chunks of this many tokens (0: all at once). Attention scores of
         a chunk are (B, heads, chunk, past+chunk), so chunks bound the prefill's peak memory at long
-        prompts; the logits are the same (see tests/test_runtime.py).
+        prompts; the logits are the same (see tests/runtime/test_generator.py).
     """
 
     def __init__(self, export_dir: str = DEFAULT_EXPORT, provider: str | None = None,

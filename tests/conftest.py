@@ -4,8 +4,7 @@ from __future__ import annotations
 import pytest
 
 from tests import tiny_models
-
-CALIB_TOKENS = 4096     # tiny models: enough for rank <= 32 (the min is checked by the exporter)
+from tests.helpers import CALIB_TOKENS
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +23,8 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_export(tiny_model_dir, tmp_path_factory):
     """tiny_export(arch, k, key_mode) -> export directory (cached per argument tuple)."""
-    from exporter.pipeline import ExportOptions, run_export
+    from exporter.job.run import run_export
+    from exporter.options import ExportOptions
     root = tmp_path_factory.mktemp("tiny-exports")
     made = {}
 
@@ -39,35 +39,16 @@ def tiny_export(tiny_model_dir, tmp_path_factory):
     return get
 
 
-def load_ref(export_dir: str):
-    """(hf model, tokenizer, reference decoder, metadata) for an export."""
-    from graphs.metadata import load_metadata
-    from validate.reference import load_references
-    meta = load_metadata(export_dir)
-    return (*load_references(export_dir, meta), meta)
+SLOW_FIXTURES = {"tiny_model_dir", "tiny_export"}     # a tiny HF model on disk, or an export of one
 
 
-def reference_greedy(ref, prompt: list[int], steps: int) -> list[int]:
-    """The reference decoder's greedy continuation of prompt (sink included), each step recomputed from
-    scratch without a cache: the independent answer the runtimes' cached generation must reproduce."""
-    import torch
-    ids = torch.tensor([prompt])
-    with torch.no_grad():
-        for _ in range(steps):
-            pos = torch.arange(ids.shape[1])[None]
-            nxt = ref(ids, torch.ones_like(ids), pos, *ref.empty_past(1))[0][0, -1].argmax()
-            ids = torch.cat([ids, nxt.view(1, 1)], 1)
-    return ids[0, len(prompt):].tolist()
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: builds tiny HF models or exports them (make test-fast skips it)")
 
 
-def assert_sink_exact_rest_changed(full, coded, sink: int, prompt: list[int]) -> None:
-    """The coded decoder's logits equal the full one's at the sink (position 0) and differ elsewhere."""
-    import torch
-    ids = torch.tensor([prompt])
-    mask, pos = torch.ones_like(ids), torch.arange(ids.shape[1])[None]
-    with torch.no_grad():
-        a = full(ids, mask, pos, *full.empty_past(1))[0]
-        b = coded(ids, mask, pos, *coded.empty_past(1))[0]
-    scale = a.abs().max().item()
-    assert (a[0, 0] - b[0, 0]).abs().max().item() <= 1e-4 * scale       # sink: exact
-    assert (a[0, 1:] - b[0, 1:]).abs().max().item() > 1e-2 * scale      # the rest: compressed
+def pytest_collection_modifyitems(config, items):
+    """Tests that build tiny models or exports are the slow end-to-end ones: marked, so `make test-fast`
+    (pytest -m 'not slow') runs the rest in well under a minute."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

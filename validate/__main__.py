@@ -6,16 +6,17 @@ import os
 import shlex
 import sys
 
+from exporter.calib.text import token_windows
+from exporter.codec.store import load_projectors
 from exporter.errors import UserError
-from exporter.projectors import load_projectors
-from exporter.text import DEFAULT_EVAL, token_windows
+from exporter.eval.perplexity import measure
+from exporter.options import DEFAULT_EVAL
+from exporter.quant.rate_distortion import rate_distortion_table
 from graphs.contract import CacheLayout, CacheShape, kv_bytes_per_token
 from graphs.metadata import ExportError, load_metadata
 from .kv_bytes import measured_bytes_per_token
 from .ort_model import OrtModel
 from .parity import check_parity, hf_original, parity_prompts
-from .quality import measure
-from .rate_distortion import rate_distortion_table
 from .reference import load_references
 from .report import write_reports
 from .tolerances import GREEDY_STEPS, QUANTIZED_KL_FRACTION
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
                   f"{ratios[len(ratios) // 2]:.2f}, range {ratios[0]:.2f}-{ratios[-1]:.2f} (report.md has each layer)")
         if not a.skip_quality:
             windows = token_windows(tok, a.eval, window, a.eval_tokens, sink)
-            q = measure(hf, ort_model, windows, sink is not None, a.eval, window, meta.sink.get("token"))
+            q = measure(hf, ort_model.window_logits, windows, sink is not None, a.eval, window, meta.sink.get("token"))
             report["quality"] = q.to_json()
             print(f"perplexity: original {q.ppl_original:.3f}, compressed {q.ppl_compressed:.3f} "
                   f"({q.ppl_increase_pct:+.2f} %), KL {q.kl_mean:.4f}, top-1 {100 * q.top1_agreement:.2f} % "

@@ -54,14 +54,15 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     exports = a.export
     if not exports:
-        from exporter.pipeline import ExportOptions, default_out, run_export
+        from exporter.job.run import default_out, run_export
+        from exporter.options import ExportOptions
         exports, loaded = [], None
         for k, mode in DEFAULT_SETTINGS:
             o = ExportOptions(k=k, key_mode=mode)
             out = default_out(o, "smollm2-135m", None if k == "full" else int(k), None if k == "full" else int(k))
             if not os.path.isfile(os.path.join(out, GENAI_CONFIG)):
                 if loaded is None:
-                    from exporter.load import load
+                    from exporter.model.load import load
                     loaded = load(None)
                 run_export(o, loaded)
             exports.append(out)

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import onnxruntime as ort
+import torch
 
 from graphs import contract as C
 from graphs.metadata import MODEL_FILE, ExportMetadata
@@ -34,3 +35,10 @@ class OrtModel:
         feed.update({name: p for (_, _, name, _), p in zip(self.layout.names(), past)})
         out = self.session.run(None, feed)
         return out[0], out[1:]
+
+    def window_logits(self, ids: list[int]) -> torch.Tensor:
+        """One window's logits (T-1, V) predicting ids[1:], run as one prefill: what eval.perplexity.measure
+        scores against the original model."""
+        x = np.array([ids], np.int64)                                          # (1, T)
+        out, _ = self(x, np.ones_like(x), np.arange(x.shape[1])[None], self.empty_past(1))
+        return torch.from_numpy(out[0, :-1])

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 
+from exporter.codec.store import load_projectors
 from exporter.errors import UserError
-from exporter.fold import build_decoder
-from exporter.load import load
-from exporter.projectors import load_projectors, model_fingerprint
+from exporter.model.fold import build_decoder
+from exporter.model.load import load
+from exporter.model.weights import model_fingerprint
 from graphs.metadata import ExportMetadata
 
 

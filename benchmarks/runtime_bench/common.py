@@ -13,7 +13,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.path.join(REPO, "build")
 BENCH_DIR = os.path.join(BUILD, "bench")
-HF_DIR = os.path.join(BENCH_DIR, "hf-smollm2-135m")            # save_pretrained of exporter.load's model
+HF_DIR = os.path.join(BENCH_DIR, "hf-smollm2-135m")            # save_pretrained of exporter.model.load's model
 GENAI_DIR = os.path.join(BENCH_DIR, "genai-smollm2-135m-fp32-cpu")  # onnxruntime_genai.models.builder output
 OPTIMUM_DIR = os.path.join(BENCH_DIR, "optimum-smollm2-135m")  # optimum-cli export onnx output
 IDS_FILE = os.path.join(BENCH_DIR, "prompt-ids.json")

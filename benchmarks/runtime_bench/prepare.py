@@ -1,12 +1,12 @@
 """Builds what the benchmark needs and is missing, cached under build/bench/ (one-time work):
 
-    hf-smollm2-135m/              save_pretrained of the model exporter.load loads (SmolLM2-135M-Instruct, GGUF
+    hf-smollm2-135m/              save_pretrained of the model exporter.model.load loads (SmolLM2-135M-Instruct, GGUF
                                   dequantized to fp32) + its tokenizer; config.json also carries a top-level
                                   rope_theta and tokenizer_config.json tokenizer_class PreTrainedTokenizerFast,
                                   so transformers 4.57 (the optimum virtualenv) reads it as transformers 5 does
     genai-smollm2-135m-fp32-cpu/  python -m onnxruntime_genai.models.builder -i <hf dir> -o <dir> -p fp32 -e cpu
     optimum-smollm2-135m/         optimum-cli export onnx --task text-generation-with-past (optimum virtualenv)
-    ours-<setting>/               exporter.pipeline.run_export (calibration statistics cached in build/calib/)
+    ours-<setting>/               exporter.job.run.run_export (calibration statistics cached in build/calib/)
     prompt-ids.json               the sink token id, then WikiText-2 test tokens: the ids every runtime gets
     logs/                         the builders' output
 
@@ -94,14 +94,14 @@ def _run_logged(cmd: list[str], log_name: str, what: str) -> None:
 
 
 class _Model:
-    """exporter.load's model, loaded at most once per prepare run (it takes ~25 s)."""
+    """exporter.model.load's model, loaded at most once per prepare run (it takes ~25 s)."""
 
     def __init__(self):
         self._loaded = None
 
     def get(self):
         if self._loaded is None:
-            from exporter.load import load
+            from exporter.model.load import load
             self._loaded = load(None)
         return self._loaded
 
@@ -190,8 +190,9 @@ def build_optimum() -> None:
 
 
 def build_ours(setting: Setting, model: _Model) -> None:
-    """Our export of one setting, via exporter.pipeline.run_export; build/latest is left where it pointed."""
-    from exporter.pipeline import ExportOptions, run_export
+    """Our export of one setting, via exporter.job.run.run_export; build/latest is left where it pointed."""
+    from exporter.job.run import run_export
+    from exporter.options import ExportOptions
     t0 = time.time()
     out = ours_dir(setting.name)
     latest = os.path.join(BUILD, "latest")
@@ -211,8 +212,8 @@ def build_ours(setting: Setting, model: _Model) -> None:
 
 
 def _wanted_ids_header(sink: int) -> dict:
-    from exporter.projectors import sha256_file
-    from exporter.text import DEFAULT_EVAL
+    from exporter.files import sha256_file
+    from exporter.options import DEFAULT_EVAL
     return {"source": str(DEFAULT_EVAL), "source_sha256": sha256_file(str(DEFAULT_EVAL)), "text_chars": TEXT_CHARS,
             "tokenizer_sha256": sha256_file(os.path.join(HF_DIR, "tokenizer.json")), "sink_token_id": sink}
 
@@ -221,8 +222,8 @@ def build_ids(settings: list[Setting]) -> None:
     """prompt-ids.json: [sink] + WikiText-2 test tokens (tokenized with the HF directory's tokenizer, no special
     tokens added), MAX_IDS in all; the sink must be what every export of ours puts first."""
     from transformers import AutoTokenizer
-    from exporter.pipeline import sink_token_id
-    from exporter.text import read_text
+    from exporter.calib.text import read_text
+    from exporter.calib.tokens import sink_token_id
     tok = AutoTokenizer.from_pretrained(HF_DIR)
     sink = sink_token_id(tok, "auto")
     for s in settings:

@@ -31,7 +31,7 @@ class Setting:
     cache: str = "concat"     # ExportOptions.cache: concat | shared-buffer
 
     def export_options(self) -> dict:
-        """Keyword arguments for exporter.pipeline.ExportOptions."""
+        """Keyword arguments for exporter.options.ExportOptions."""
         return {"k": self.k, "k_key": self.k_key, "k_value": self.k_value, "key_mode": self.key_mode,
                 "cache": self.cache}
 

@@ -1,0 +1,116 @@
+"""Stream text through the uncompressed compact decoder and accumulate per-layer statistics.
+
+One capture API for every statistic: taps in the decoder name what they see ('hidden', 'query_pre',
+'query_post', 'key_pre', 'key_post', 'value', 'value_mix'), and the caller supplies accumulators for the
+(layer, tap) pairs it wants. Nothing is kept per token: a Covariance folds each batch into running sums
+(count n, sum, sum of outer products), from which mean = sum / n and covariance = outer / n - mean mean^T.
+Position 0 (the sink) is kept apart, once, as the sink vector of each tap.
+
+Entry points: `capture(decoder, windows, want)`, `Covariance`, `Rows`, `key_tap(cfg, key_mode)`.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+TAPS = ("hidden", "query_pre", "query_post", "key_pre", "key_post", "value")   # analysis; fit adds 'value_mix'
+# what the exporter captures: keys both ways, values, and the queries and value_mix the output-aware metrics need
+KV_TAPS = ("key_pre", "key_post", "value", "query_pre", "query_post", "value_mix")
+
+
+def key_tap(cfg, key_mode: str) -> str:
+    """The tap a key code is fitted on: keys before RoPE (pre-rope) or after it (post-rope, and models without
+    RoPE, whose keys are the same either way)."""
+    return "key_pre" if key_mode == "pre-rope" and cfg.has_rope else "key_post"
+
+
+class Covariance:
+    """Running count, sum and sum of outer products in float64; mean and covariance on demand."""
+
+    def __init__(self, heads: int = 1):
+        self.heads = heads          # >1: each update row holds that many vectors side by side
+        self.n = 0
+        self.sum = None
+        self.outer = None
+
+    def update(self, x: torch.Tensor) -> None:
+        """x (N, dim): N token vectors."""
+        x = x.detach().double()
+        if self.heads > 1:                                # (N, heads*dim) -> (N*heads, dim)
+            x = x.reshape(-1, x.shape[1] // self.heads)
+        if self.sum is None:
+            self.sum = torch.zeros(x.shape[1], dtype=torch.float64)
+            self.outer = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
+        self.n += x.shape[0]
+        self.sum += x.sum(0)
+        self.outer += x.T @ x
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / self.n
+
+    def covariance(self, centered: bool = True) -> torch.Tensor:
+        """Covariance (centered) or second moment (not centered), (dim, dim)."""
+        second = self.outer / self.n
+        return second - torch.outer(self.mean, self.mean) if centered else second
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Tensors that rebuild this accumulator (calib/store.py)."""
+        return {"n": torch.tensor([self.n], dtype=torch.int64), "sum": self.sum, "outer": self.outer}
+
+    @classmethod
+    def from_state(cls, t: dict[str, torch.Tensor]) -> "Covariance":
+        acc = cls()
+        acc.n, acc.sum, acc.outer = int(t["n"][0]), t["sum"], t["outer"]
+        return acc
+
+
+class Rows:
+    """Keeps the token vectors themselves (for fits that need samples, not moments); .matrix() is (N, dim)."""
+
+    def __init__(self):
+        self.rows = []
+
+    def update(self, x: torch.Tensor) -> None:
+        self.rows.append(x.detach().double())
+
+    def matrix(self) -> torch.Tensor:
+        return torch.cat(self.rows)
+
+
+def capture(decoder, windows: Iterable[list[int]], want: dict[tuple[int, str], object] | Callable,
+            desc: str = "calibrating", progress: bool = True) -> dict[tuple[int, str], torch.Tensor]:
+    """Run each window (a list of token ids, sink first) through `decoder` (uncompressed) and feed the taps.
+
+    want: {(layer, tap): accumulator with .update(x (N, dim))}, or a function (layer, tap) -> accumulator or None.
+    Returns the sink vectors {(layer, tap): (dim,)} seen at position 0 of the first window.
+    """
+    pick = want.get if isinstance(want, dict) else want
+    sinks: dict[tuple[int, str], torch.Tensor] = {}
+    windows = list(windows)
+
+    def hook_for(layer):
+        def tap(name, x):                                 # x (1, T, dim)
+            acc = pick((layer, name))
+            if acc is None:
+                return
+            if (layer, name) not in sinks:
+                sinks[(layer, name)] = x[0, 0].detach().double().clone()
+            acc.update(x[0, 1:])
+        return tap
+
+    for i, blk in enumerate(decoder.blocks):
+        blk.attn.tap = hook_for(i)
+    try:
+        with torch.no_grad():
+            for ids in tqdm(windows, desc=desc, unit="window", disable=not progress):
+                t = torch.tensor([ids])                                   # (1, T)
+                mask = torch.ones_like(t)
+                pos = torch.arange(t.shape[1])[None]
+                decoder(t, mask, pos, *decoder.empty_past(1))
+    finally:
+        for blk in decoder.blocks:
+            blk.attn.tap = None
+    return sinks

@@ -1,0 +1,59 @@
+"""The settings an export refuses, before any work where it can: one-line errors that name the fix.
+
+Entry points: `check_options(o)` (before loading the model), `is_quantized(o)` (refuses what a quantized cache
+cannot take), `check_shared_buffer(decoder)` (what onnxruntime's fused attention cannot run).
+"""
+from __future__ import annotations
+
+from graphs.contract import CACHE_UPDATES, DTYPE_BYTES
+
+from ..errors import UserError
+from ..options import KEY_MODES, METHODS, ExportOptions
+
+
+def check_options(o: ExportOptions) -> None:
+    if o.key_mode not in KEY_MODES:
+        raise UserError(f"KEY_MODE={o.key_mode!r} is unknown: use pre-rope or post-rope")
+    if o.cache not in CACHE_UPDATES:
+        raise UserError(f"CACHE={o.cache!r} is unknown: use {' or '.join(CACHE_UPDATES)}")
+    if o.method not in METHODS + (None,):
+        raise UserError(f"METHOD={o.method!r} is unknown: use {', '.join(METHODS)}")
+    if o.dtype not in DTYPE_BYTES:
+        raise UserError(f"DTYPE={o.dtype!r} is unknown: use {' or '.join(DTYPE_BYTES)}")
+    if o.is_auto and (o.k_key is not None or o.k_value is not None or o.projectors):
+        raise UserError("K=auto chooses every rank itself: drop K_KEY, K_VALUE and --projectors")
+
+
+def is_quantized(o: ExportOptions) -> bool:
+    """Whether the export quantizes its cache; refuses the settings a quantized cache cannot take."""
+    if o.quant.allocation is None:
+        if o.method == "raw":
+            raise UserError("METHOD=raw stores keys and values as they are: it is for quantized caches, add "
+                            "QUANT=uniform (or use K=full for an uncompressed export)")
+        return False
+    o.quant.check()
+    if o.is_auto:
+        raise UserError("K=auto and QUANT choose bytes two ways: use a K (or full) with QUANT_RATIO")
+    if o.dtype != "float32" or o.cache != "concat":
+        raise UserError("a quantized cache needs DTYPE=float32 and CACHE=concat (its codes are uint8 either way)")
+    if o.method == "raw" and any(x is not None and str(x).lower() != "full" for x in (o.k, o.k_key, o.k_value)):
+        raise UserError("METHOD=raw codes every dimension: use K=full (or another METHOD for a rank)")
+    return True
+
+
+def check_shared_buffer(decoder) -> None:
+    """CACHE=shared-buffer runs every layer through GroupQueryAttention: full or k-space (post-RoPE) keys, values
+    of the same size, a float cache, sizes that are multiples of 8 (the kernel's)."""
+    for block in decoder.blocks:
+        a = block.attn
+        if a.key_mode == "pre-rope":
+            raise UserError("CACHE=shared-buffer cannot rebuild pre-RoPE keys inside the fused op: "
+                            "use KEY_MODE=post-rope or CACHE=concat")
+        if (a.key_rank is None) != (a.value_rank is None) or a.key_rank != a.value_rank:
+            raise UserError("CACHE=shared-buffer needs keys and values of one size (K_KEY == K_VALUE, both "
+                            "compressed or both full): change the ranks or use CACHE=concat")
+        if a.key_quant is not None or a.value_quant is not None:
+            raise UserError("CACHE=shared-buffer cannot hold a quantized cache: use CACHE=concat")
+        if a.key_rank is not None and a.key_rank % 8:
+            raise UserError(f"CACHE=shared-buffer needs K a multiple of 8 (onnxruntime's kernel), got "
+                            f"{a.key_rank}: pick K={a.key_rank + 8 - a.key_rank % 8} or CACHE=concat")

@@ -1,0 +1,98 @@
+"""One export job: what every stage of an export reads, made once and carried from stage to stage.
+
+    job = ExportJob.start(options)         load the model, build the uncompressed decoder, pick the sink
+    job.statistics()                       calibration statistics (cached in build/calib, and on the job)
+    job.metric(key_mode)                   the output-aware metric function (computed once per key mode)
+    job.samples(key_mode)                  calibration vectors for fitted quantizer steps (once per key mode)
+
+The stages (job/stages.py) take a job and return projectors; job/run.py strings them together. Benchmarks use
+the same object and stages, so what they measure is what `make export` builds.
+
+Entry point: `ExportJob.start(options)`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from ..calib.capture import key_tap
+from ..calib.statistics import Statistics, calibration_samples, kv_statistics
+from ..calib.tokens import sink_token_id
+from ..model.config import DecoderConfig, from_hf
+from ..model.decoder import Decoder
+from ..model.fold import build_decoder
+from ..model.load import Loaded, load
+from ..model.weights import model_fingerprint
+from ..options import ExportOptions
+from ..projectors.metric import output_metrics
+from .checks import check_options
+
+
+@dataclass
+class ExportJob:
+    options: ExportOptions        # with method resolved (pca, or output-aware for K=auto)
+    loaded: Loaded                # the HF model and tokenizer, and the names the user gave
+    config: DecoderConfig
+    key_mode: str                 # the key mode codes are fitted in ('post-rope' for models without RoPE)
+    sink: int | None              # the constant token at position 0 of every sequence
+    fingerprint: str              # model_fingerprint: projector files and statistics are keyed by it
+    decoder: Decoder              # the uncompressed compact decoder: calibration, probes, training
+    provenance: dict              # what projector files record of where they come from (model, seed, K=auto)
+    _statistics: Statistics | None = field(default=None, repr=False)
+    _metrics: dict = field(default_factory=dict, repr=False)
+    _samples: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def start(cls, o: ExportOptions, loaded: Loaded | None = None) -> "ExportJob":
+        """Check the options, load the model (unless given: one process exporting several settings), and build
+        what every stage needs."""
+        check_options(o)
+        torch.manual_seed(o.seed)
+        loaded = loaded or load(o.model, trust_remote_code=o.trust_remote_code)
+        cfg = from_hf(loaded.model.config)
+        if o.method is None:
+            o = replace(o, method="output-aware" if o.is_auto else "pca")
+        key_mode = o.key_mode if cfg.has_rope else "post-rope"   # without RoPE both modes are k-space scores
+        fingerprint = model_fingerprint(loaded.model)
+        return cls(o, loaded, cfg, key_mode, sink_token_id(loaded.tokenizer, o.sink), fingerprint,
+                   build_decoder(loaded.model), {"model": loaded.source, "model_fingerprint": fingerprint,
+                                                 "seed": o.seed})
+
+    @property
+    def hf(self):
+        return self.loaded.model
+
+    @property
+    def tokenizer(self):
+        return self.loaded.tokenizer
+
+    def statistics(self) -> Statistics:
+        if self._statistics is None:
+            o = self.options
+            self._statistics = kv_statistics(self.decoder, self.tokenizer, self.config, o.calib, o.calib_tokens,
+                                             o.window, self.sink, self.fingerprint, o.build_dir)
+        return self._statistics
+
+    def metric(self, key_mode: str):
+        """metric(layer, kind) -> (covariance, output-aware metric) for codes of keys in key_mode."""
+        if key_mode not in self._metrics:
+            self._metrics[key_mode] = output_metrics(self.hf, self.config, self.statistics(), key_mode)
+        return self._metrics[key_mode]
+
+    def tap_of(self, key_mode: str):
+        """'key' | 'value' -> the calibration tap a code of that kind is fitted on."""
+        return lambda kind: key_tap(self.config, key_mode) if kind == "key" else "value"
+
+    def samples(self, key_mode: str) -> dict | None:
+        """{(layer, tap): (N, dim)} keys and values of the first quant.fit_tokens calibration tokens, the
+        samples static quantizer steps are fitted to; None when fit_tokens is 0."""
+        o = self.options
+        if not o.quant.fit_tokens:
+            return None
+        if key_mode not in self._samples:
+            tap_of = self.tap_of(key_mode)
+            self._samples[key_mode] = calibration_samples(self.decoder, self.tokenizer, self.config, o.calib,
+                                                          o.quant.fit_tokens, o.window, self.sink,
+                                                          (tap_of("key"), tap_of("value")))
+        return self._samples[key_mode]

@@ -1,0 +1,123 @@
+"""The export job end to end: python -m exporter and `make export` call run_export.
+
+    ExportJob.start        check options, load the model, build the uncompressed decoder   (job/job.py)
+    choose_auto_ranks      K=auto only                                                     (job/stages.py)
+    fit_projectors         calibration statistics -> per-layer codes at the ranks
+    quantize               QUANT only: bits and steps for packed codes
+    build_decoder          HF weights with the codes folded in                             (model/fold.py)
+    save_export            model.onnx + export.json + tokenizer + projectors, atomically   (export/directory.py)
+
+Entry point: `run_export(options)` -> the export directory.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from graphs.contract import DTYPE_BYTES
+from graphs.metadata import ExportMetadata
+
+from ..calib.tokens import chat_wrapper, stop_tokens
+from ..codec.store import load_projectors
+from ..export.directory import check_out_dir, point_latest, save_export
+from ..export.onnx_file import OPSET, layout_of
+from ..model.fold import build_decoder
+from ..options import ExportOptions, parse_rank, per_layer
+from ..quant.design import float16_bytes
+from .checks import check_shared_buffer, is_quantized
+from .job import ExportJob
+from .stages import choose_auto_ranks, fit_projectors, quantize
+
+
+def default_out(o: ExportOptions, name: str, key_rank, value_rank) -> str:
+    if o.out:
+        return o.out
+    if o.is_auto:
+        a = o.auto
+        tag = f"kauto-ppl{a.max_ppl_increase:g}" if a.max_ppl_increase is not None else f"kauto-{a.budget_bytes:g}B"
+        tag += f"-{o.key_mode}"
+    elif key_rank is None and value_rank is None:
+        tag = "kfull"
+    elif key_rank == value_rank:
+        tag = f"k{key_rank}-{o.key_mode}"
+    else:
+        tag = f"k{key_rank or 'full'}v{value_rank or 'full'}-{o.key_mode}"
+    suffix = ("" if o.method in ("pca", None) else f"-{o.method}") + ("" if o.dtype == "float32" else "-fp16") \
+        + ("" if o.cache == "concat" else "-shared")
+    q = o.quant
+    if q.allocation:
+        scales = q.key_scales if q.key_scales == q.value_scales else f"{q.key_scales}-{q.value_scales}"
+        suffix += f"-q{q.allocation}{q.ratio:g}x-{scales}"
+    return os.path.join(o.build_dir, f"{name}-{tag}{suffix}")
+
+
+def sink_handling(proj) -> str:
+    if proj is None:
+        return "constant prefix at position 0"
+    if proj.info.get("method") == "trained":
+        return "constant prefix at position 0; trained with it in every window (no longer coded exactly)"
+    return "constant prefix at position 0; its key and value directions are in every basis"
+
+
+def export_metadata(job: ExportJob, decoder, proj) -> ExportMetadata:
+    """export.json of the job's export: layout, ranks, sink, stop tokens, chat wrapper, provenance."""
+    cfg, tok, o = job.config, job.tokenizer, job.options
+    ranks = proj.ranks() if proj else {"key": [None] * cfg.num_layers, "value": [None] * cfg.num_layers}
+    stops = stop_tokens(tok, job.hf.config)
+    sink = job.sink
+    return ExportMetadata(
+        model={"source": job.loaded.source, "name": job.loaded.name, "fingerprint": job.fingerprint,
+               **cfg.to_json()},
+        layout=layout_of(decoder, o.dtype), key_mode=proj.key_mode if proj else "full", ranks=ranks,
+        sink={"token_id": sink, "token": tok.convert_ids_to_tokens(sink) if sink is not None else None,
+              "handling": sink_handling(proj)},
+        eos_token_ids=stops,
+        pad_token_id=int(tok.pad_token_id if tok.pad_token_id is not None else (stops or [0])[0]),
+        opset=OPSET, calibration=proj.info.get("calibration") if proj else None, chat=chat_wrapper(tok),
+        exporter=f"torch {torch.__version__} torch.onnx.export(dynamo=False)", cache_update=o.cache,
+        extra={"seed": o.seed, "projector_method": proj.info.get("method") if proj else None,
+               "quant": {k: v for k, v in proj.info["quant"].items() if k != "sensitivity"}
+               if proj and proj.info.get("quant") else None})
+
+
+def run_export(o: ExportOptions, loaded=None) -> str:
+    """Do the whole export; returns the export directory. `loaded` (from model/load.load) skips loading the
+    model again when one process exports several settings."""
+    t0 = time.time()
+    job = ExportJob.start(o, loaded)
+    o, cfg = job.options, job.config
+    key_rank = None if o.is_auto else parse_rank(o.k_key if o.k_key is not None else o.k, cfg.kv_dim,
+                                                 "K_KEY" if o.k_key else "K")
+    value_rank = None if o.is_auto else parse_rank(o.k_value if o.k_value is not None else o.k, cfg.kv_dim,
+                                                   "K_VALUE" if o.k_value else "K")
+    quantized = is_quantized(o)
+    if quantized and o.method != "raw":     # K=full with a quantizer: the full-rank transform, bits decide
+        key_rank, value_rank = key_rank or cfg.kv_dim, value_rank or cfg.kv_dim
+    out = default_out(o, job.loaded.name, key_rank, value_rank)
+    check_out_dir(out)
+    if o.projectors:
+        proj = load_projectors(o.projectors, job.fingerprint)
+    elif key_rank is None and value_rank is None and not o.is_auto and not quantized:
+        proj = None
+    else:
+        if o.is_auto:
+            key_ranks, value_ranks, job.provenance["auto"] = choose_auto_ranks(job)
+        else:
+            key_ranks, value_ranks = per_layer(key_rank, cfg.num_layers), per_layer(value_rank, cfg.num_layers)
+        proj = fit_projectors(job, key_ranks, value_ranks)
+    if quantized:
+        proj = quantize(job, proj)
+    decoder = build_decoder(job.hf, proj) if proj is not None else job.decoder
+    if o.cache == "shared-buffer":
+        check_shared_buffer(decoder)
+        decoder.use_fused_attention()
+    meta = export_metadata(job, decoder, proj)
+    save_export(decoder, meta, job.tokenizer, out, proj)
+    point_latest(out, o.build_dir)
+    print(f"wrote {out} ({meta.kv_bytes_per_token} KV bytes/token, "
+          f"uncompressed {2 * cfg.num_layers * cfg.kv_dim * DTYPE_BYTES[o.dtype]}"
+          + (f", {float16_bytes(cfg) / meta.kv_bytes_per_token:.2f}x fewer than float16" if quantized else "")
+          + f") in {time.time() - t0:.0f} s")
+    return out

@@ -1,0 +1,83 @@
+"""The stages of an export between loading and writing, each taking the job and returning what it makes:
+
+    choose_auto_ranks(job)                   K=auto: per-layer ranks from a byte or perplexity budget
+    fit_projectors(job, key_ranks, ...)      PCA, output-aware, trained or raw codes at given ranks
+    quantize(job, projectors)                bits, steps and the sink's latent for a quantized cache
+
+Statistics, metrics and samples come from the job, computed once however many stages read them.
+
+Entry point: `choose_auto_ranks`, `fit_projectors`, `quantize`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+
+from graphs.contract import DTYPE_BYTES
+
+from ..calib.capture import key_tap
+from ..calib.text import fitting_window, probe_windows, training_windows
+from ..codec.linear import Projectors
+from ..options import QuantOptions, TrainOptions
+from ..projectors.metric import output_whitening
+from ..projectors.pca import fit_pca, fit_raw
+from ..projectors.train import train_projectors
+from ..quant.design import Sources, quantize_projectors
+from ..quant.probe import measured_sensitivities
+from ..ranks.auto import Search, choose_ranks
+from .job import ExportJob
+
+
+def choose_auto_ranks(job: ExportJob) -> tuple[list, list, dict]:
+    """(key ranks, value ranks, the search's record for the projector file) for the job's K=auto budget."""
+    o = job.options
+    metric = job.metric(job.key_mode) if o.method != "pca" else None
+    search = Search(job.decoder, job.tokenizer, job.config, job.statistics(), job.key_mode, job.sink, o.auto,
+                    calib=o.calib, calib_tokens=o.calib_tokens, metric=metric, info=job.provenance)
+    choice, reference = choose_ranks(search, DTYPE_BYTES[o.dtype])
+    record = {"options": asdict(o.auto), "heldout_tokens": sum(len(w) - 1 for w in search.heldout),
+              "heldout_ppl_original": search.base,
+              "choice": asdict(choice), "uniform_pca_reference": asdict(reference) if reference else None}
+    return choice.key_ranks, choice.value_ranks, record
+
+
+def fit_projectors(job: ExportJob, key_ranks: list, value_ranks: list, method: str | None = None,
+                   key_mode: str | None = None, train: TrainOptions | None = None) -> Projectors:
+    """The projectors `method` asks for (default: the job's): PCA, output-aware PCA, output-aware PCA then
+    training, or raw (no transform); keys coded in `key_mode` (default: the job's)."""
+    method = method or job.options.method
+    mode = key_mode or job.key_mode
+    cfg, stats = job.config, job.statistics()
+    if method == "raw":
+        return fit_raw(stats, cfg, mode, job.sink, job.provenance)
+    metric = job.metric(mode) if method != "pca" else None
+    proj = fit_pca(stats, cfg, key_ranks, value_ranks, mode, job.sink, job.provenance, metric)
+    if method != "trained":
+        return proj
+    o = job.options
+    t = replace(train or o.train, window=fitting_window((train or o.train).window, cfg.max_positions, job.sink))
+    train_windows, heldout = training_windows(job.tokenizer, o.calib, o.calib_tokens, t, job.sink)
+    return train_projectors(job.decoder, proj, key_tap(cfg, mode), train_windows, heldout, t,
+                            whitening=output_whitening(metric))
+
+
+def quantize(job: ExportJob, proj: Projectors, q: QuantOptions | None = None) -> Projectors:
+    """Bits for a quantized cache (quant/design.py), by q (default: the job's). PCA and output-aware codes are
+    fitted again at the ranks the bits keep, so the sink stays exact; trained ones are not retrained (the sink's
+    latent is put back exactly, but a trained code need not reconstruct the sink's vector from it)."""
+    o = job.options
+    q = q or o.quant
+    mode, method = proj.key_mode, proj.info.get("method")
+    cfg, stats = job.config, job.statistics()
+    metric = job.metric(mode)
+    refit = None
+    if method in ("pca", "output-aware"):
+        refit = lambda kr, vr: fit_pca(stats, cfg, kr, vr, mode, job.sink, job.provenance,
+                                       metric if method != "pca" else None)
+    sensitivity = None
+    if q.sensitivity == "measured" and q.allocation == "spectral":     # uniform: the plain quantizer
+        probe = probe_windows(job.tokenizer, o.calib, o.calib_tokens, cfg.max_positions, job.sink, q.probe_tokens)
+        sensitivity = lambda coded, predicted: measured_sensitivities(job.hf, job.decoder, cfg, coded, predicted,
+                                                                      probe)
+    src = Sources(stats, cfg, job.tap_of(mode), job.sink, metric if q.weights == "output" else None,
+                  job.samples(mode))
+    return quantize_projectors(proj, q, src, refit, sensitivity)

@@ -1,0 +1,202 @@
+"""Attention over a compressed KV cache, the PyTorch reference that is exported to ONNX.
+
+Cache per layer: keys and values each either uncompressed, [B, G, S, d] (G KV heads of head_dim d), or a latent
+[B, 1, S, r]: one rank-r code shared by all KV heads, k ~= mean + basis @ c with basis [G*d, r] orthonormal.
+
+Keys, by mode:
+  full       scores = q . k, the usual GQA.
+  post-rope  latents of rotated keys; scores in k-space: (basis_g^T q_h) . c. The mean term q . mean is the
+             same for every key of a query, so softmax drops it (the sink is coded like any other key).
+  pre-rope   latents of un-rotated keys (projection folded into k_proj); every step rebuilds the keys
+             mean + basis @ c, rotates them at their positions, then the usual GQA.
+Quantized latents (codec/quantizer.py): the cache holds packed integer codes of c, and attention reads them decoded.
+Values: full, or latents with the up-projection absorbed into o_proj: sum_m a_m (mu + B c_m) = mu + B (sum_m a_m c_m)
+because the attention weights sum to one, so o_proj' = o_proj @ blockdiag(B_g(h)) and bias o_proj @ mu. Since B
+is absorbed head by head, each query head may have its own B_h (trained projectors' head_decode) for free.
+
+Entry point: `Attention` (built by model/fold.build_attention).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .fused import group_query_attention
+from .rope import apply_rope
+
+
+def grouped_matmul(a: torch.Tensor, b: torch.Tensor, groups: int) -> torch.Tensor:
+    """a (B, H, T, x) @ b (B, G, x, y) -> (B, H, T, y), head h using group h // (H/G), without repeating b."""
+    B, H, T, x = a.shape
+    out = a.reshape(B, groups, (H // groups) * T, x) @ b   # (B, G, H/G*T, y)
+    return out.reshape(B, H, T, out.shape[-1])
+
+
+def _packed(*linears: nn.Linear) -> nn.Linear:
+    """One Linear computing several side by side (outputs concatenated); a bias only if one of them has one
+    (the others' parts are zeros)."""
+    biased = any(l.bias is not None for l in linears)
+    packed = nn.Linear(linears[0].in_features, sum(l.out_features for l in linears), bias=biased)
+    with torch.no_grad():
+        packed.weight.copy_(torch.cat([l.weight for l in linears]))
+        if biased:
+            packed.bias.copy_(torch.cat([l.bias if l.bias is not None else torch.zeros(l.out_features)
+                                         for l in linears]))
+    return packed
+
+
+class Attention(nn.Module):
+    """One layer's attention. Built by `model/fold.build_attention` from HF weights and optional projectors."""
+
+    def __init__(self, cfg, key_mode: str, key_rank: int | None, value_rank: int | None):
+        super().__init__()
+        H, G, d, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
+        self.H, self.G, self.d = H, G, d
+        self.scale = d ** -0.5
+        self.key_mode = "full" if key_rank is None else key_mode
+        # Two hooks, None when exporting (the graph then has neither): `tap` observes, `codec` replaces.
+        self.tap = None    # calibration (calib/capture.py): tap(name, tensor (B, T, width))
+        self.codec = None  # training and searches (projectors/coded.py): codec(name, x (B, T, width)) -> coded x,
+                           # or None to leave x as it is
+        self.key_rank, self.value_rank = key_rank, value_rank
+        self.q_proj = nn.Linear(D, H * d, bias=cfg.qkv_bias)
+        # pre-rope keys and latent values fold the projection into k_proj / v_proj: they output latents directly
+        k_out = key_rank if self.key_mode == "pre-rope" else G * d
+        self.k_proj = nn.Linear(D, k_out, bias=cfg.qkv_bias or self.key_mode == "pre-rope")
+        self.v_proj = nn.Linear(D, G * d if value_rank is None else value_rank,
+                                bias=cfg.qkv_bias or value_rank is not None)
+        o_in = H * d if value_rank is None else H * value_rank
+        self.o_proj = nn.Linear(o_in, D, bias=cfg.family == "gpt2" or value_rank is not None)
+        if self.key_mode == "post-rope":
+            self.key_encode = nn.Linear(G * d, key_rank)                      # c = basis^T (k - mean)
+            self.register_buffer("query_basis", torch.zeros(H, d, key_rank))  # basis_g(h): q_h -> k-space
+        if self.key_mode == "pre-rope":
+            self.key_decode = nn.Linear(key_rank, G * d)                      # k = basis c + mean
+        self.fused = False  # True: the fused GroupQueryAttention op with a shared-buffer cache (model/fused.py)
+        self.key_quant = None     # codec.quantizer.LatentQuantizer: the latents are cached as packed integer codes
+        self.value_quant = None
+
+    def use_fused(self) -> None:
+        """Export this layer through GroupQueryAttention. The op takes full or k-space (post-RoPE) keys with
+        values of the same size, a float cache, and sizes that are multiples of 8 (job/checks.py refuses the rest
+        before any work)."""
+        self.qkv_proj = _packed(self.q_proj, self.k_proj, self.v_proj)   # one MatMul instead of three
+        self.fused = True
+
+    def forward(self, x, rope_new, rope_all, mask, past_k, past_v, sink_slots=None):
+        """x (B, T, D); rope_* (cos, sin) for the new tokens / all S tokens or None; mask (B, 1, T, S) additive;
+        past_k, past_v (B, kvh, P, size); sink_slots (B, S) bool, the sink's slot (quantized caches).
+        Returns y (B, T, D), present_k, present_v (B, kvh, S, size)."""
+        if self.fused:                  # mask is (seqlens_k, total) here, rope_all the op's cos/sin tables
+            return self._fused(x, rope_new, rope_all, mask, past_k, past_v)
+        B, T, _ = x.shape
+        q = self._queries(x, rope_new)                                      # (B, H, T, d)
+        scores, present_k = self._scores(x, q, rope_new, rope_all, past_k, sink_slots)  # (B, H, T, S)
+        probs = torch.softmax(scores * self.scale + mask, dim=-1)
+        out, present_v = self._mix(x, probs, past_v, sink_slots)            # (B, H, T, d or r)
+        y = self.o_proj(out.transpose(1, 2).reshape(B, T, -1))              # (B, T, D)
+        return y, present_k, present_v
+
+    def _queries(self, x, rope_new):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.H, self.d).transpose(1, 2)       # (B, H, T, d)
+        self._tap("query_pre", q)
+        if rope_new is not None:
+            q = apply_rope(q, *rope_new)
+        self._tap("query_post", q)
+        return q
+
+    def _scores(self, x, q, rope_new, rope_all, past_k, sink_slots=None):
+        B, T, _ = x.shape
+        if self.key_mode == "pre-rope":
+            c = self.k_proj(x).unsqueeze(1)                                  # (B, 1, T, r)
+            c, present = self._append(self.key_quant, past_k, c, sink_slots)  # (B, 1, S, r), present
+            k = self.key_decode(c.squeeze(1))                                # (B, S, G*d)
+            k = k.view(B, -1, self.G, self.d).transpose(1, 2)                # (B, G, S, d)
+            if rope_all is not None:
+                k = apply_rope(k, *rope_all)
+            return grouped_matmul(q, k.transpose(-1, -2), self.G), present
+        k = self.k_proj(x).view(B, T, self.G, self.d).transpose(1, 2)        # (B, G, T, d)
+        self._tap("key_pre", k)
+        k = self._code("key_pre", k)
+        if rope_new is not None:
+            k = apply_rope(k, *rope_new)
+        self._tap("key_post", k)
+        k = self._code("key_post", k)
+        if self.key_mode == "full":
+            present = torch.cat([past_k, k], dim=2)                          # (B, G, S, d)
+            return grouped_matmul(q, present.transpose(-1, -2), self.G), present
+        c = self.key_encode(k.transpose(1, 2).reshape(B, T, -1)).unsqueeze(1)  # (B, 1, T, r)
+        c, present = self._append(self.key_quant, past_k, c, sink_slots)     # (B, 1, S, r), present
+        q_latent = q @ self.query_basis                                      # (B, H, T, r)
+        return q_latent @ c.transpose(-1, -2), present                       # (B, H, T, S)
+
+    def _fused(self, x, rope_new, rope_tables, lengths, past_k, past_v):
+        """Full or k-space attention through GroupQueryAttention: (G heads of d) or (1 head of r)."""
+        B, T, _ = x.shape
+        sizes = [self.q_proj.out_features, self.k_proj.out_features, self.v_proj.out_features]
+        q, k, v = self.qkv_proj(x).split(sizes, dim=-1)                      # (B, T, H*d), (B, T, G*d), v
+        if self.key_mode == "full":     # the op rotates q and k itself from the tables (None: no RoPE)
+            return self._group_query(q, k, v, past_k, past_v, lengths, self.G, rope_tables)
+        # k-space, one KV head of r: RoPE must come before the projection, so it stays in the graph
+        q = q.view(B, T, self.H, self.d).transpose(1, 2)                     # (B, H, T, d)
+        k = k.view(B, T, self.G, self.d).transpose(1, 2)                     # (B, G, T, d)
+        if rope_new is not None:
+            q, k = apply_rope(q, *rope_new), apply_rope(k, *rope_new)
+        k = self.key_encode(k.transpose(1, 2).reshape(B, T, -1))             # (B, T, r)
+        q = (q @ self.query_basis).transpose(1, 2).reshape(B, T, -1)         # (B, T, H*r)
+        return self._group_query(q, k, v, past_k, past_v, lengths, 1, None)
+
+    def _group_query(self, q, k, v, past_k, past_v, lengths, kv_heads, rope_tables):
+        out, present_k, present_v = group_query_attention(q, k, v, past_k, past_v, lengths, self.H, kv_heads,
+                                                          self.scale, rope_tables)       # (B, T, H*s)
+        return self.o_proj(out), present_k, present_v                        # (B, T, D)
+
+    def _mix(self, x, probs, past_v, sink_slots=None):
+        B, T, _ = x.shape
+        if self.value_rank is None:
+            v = self.v_proj(x).view(B, T, self.G, self.d).transpose(1, 2)    # (B, G, T, d)
+            self._tap("value", v)
+            v = self._code("value", v)
+            if v.shape[1] != self.G:        # training: decoded per query head (B, H, T, d), no past (projectors/coded.py)
+                return probs @ v, v
+            present = torch.cat([past_v, v], dim=2)                          # (B, G, S, d)
+            if self.tap is not None:
+                self._tap_mix(probs, present)
+            return grouped_matmul(probs, present, self.G), present           # (B, H, T, d)
+        c = self.v_proj(x).unsqueeze(1)                                      # (B, 1, T, r)
+        c, present = self._append(self.value_quant, past_v, c, sink_slots)   # (B, 1, S, r), present
+        return probs @ c, present                                            # (B, H, T, r)
+
+    @staticmethod
+    def _append(quant, past, c, sink_slots):
+        """The new latents c (B, 1, T, r) appended to the cache: (the latents attention reads (B, 1, S, r),
+        the present cache). Quantized, the cache holds packed codes (B, 1, S, bytes) and attention reads them
+        decoded, the new tokens' included, so every step sees what later steps will read back."""
+        if quant is None:
+            present = torch.cat([past, c], dim=2)                            # (B, 1, S, r)
+            return present, present
+        present = torch.cat([past, quant.encode(c)], dim=2)                  # (B, 1, S, bytes) uint8
+        return quant.decode(present, sink_slots), present
+
+    def _tap_mix(self, probs, values) -> None:
+        """Calibration: what each query head's attention makes of all G*d value dims, leaving out position 0
+        (the sink, coded exactly): u = sum_j>0 a_j v_j and w = sum_j>0 a_j, side by side per head. A value
+        code's error reaches the output as (I - P)(u - w mean): exactly, for this layer (projectors/metric.py)."""
+        v_all = values.transpose(1, 2).flatten(2)[:, 1:]                     # (B, S-1, G*d)
+        p = probs[..., 1:]                                                   # (B, H, T, S-1)
+        self._tap("value_mix", torch.cat([p @ v_all[:, None], p.sum(-1, keepdim=True)], dim=-1))  # (B,H,T,G*d+1)
+
+    def _code(self, name: str, heads: torch.Tensor) -> torch.Tensor:
+        """Training: an uncompressed layer that codes its keys or values as a compressed one would, so the
+        projectors can learn through the whole model (projectors/train.py). heads (B, nh, T, d)."""
+        if self.codec is None:
+            return heads
+        B, nh, T, d = heads.shape
+        coded = self.codec(name, heads.transpose(1, 2).flatten(2))           # (B, T, nh*d or H*d) or None
+        return heads if coded is None else coded.view(B, T, -1, d).transpose(1, 2)
+
+    def _tap(self, name: str, heads: torch.Tensor) -> None:
+        """Hand (B, nh, T, d) to the calibration hook as (B, T, nh*d), heads side by side."""
+        if self.tap is not None:
+            self.tap(name, heads.transpose(1, 2).flatten(2))

@@ -1,0 +1,142 @@
+"""The compact decoder: embeddings, N blocks of (norm, attention, norm, MLP), final norm, LM head.
+
+One module for both families; the differences are a norm type, an MLP type, and RoPE vs learned positions.
+Its forward is the ONNX contract (graphs/contract.py): input_ids, attention_mask, position_ids, then the flat
+past cache (key, value per layer) in; logits and the flat present cache out.
+
+Entry point: `Decoder` (built by model/fold.build_decoder).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import Attention
+from .config import DecoderConfig
+from .fused import sequence_lengths
+from .layers import Embeddings, GatedMLP, GeluMLP, RMSNorm
+from .rope import Rope
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: DecoderConfig, attn: Attention, mlp_hidden: int):
+        super().__init__()
+        Norm = (lambda: RMSNorm(cfg.hidden_size, cfg.norm_eps)) if cfg.family == "llama" else \
+            (lambda: nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps))
+        self.norm1, self.attn, self.norm2 = Norm(), attn, Norm()
+        self.mlp = GatedMLP(cfg.hidden_size, mlp_hidden) if cfg.family == "llama" else \
+            GeluMLP(cfg.hidden_size, mlp_hidden)
+
+    def forward(self, x, rope_new, rope_all, mask, past_k, past_v, sink_slots=None):
+        a, present_k, present_v = self.attn(self.norm1(x), rope_new, rope_all, mask, past_k, past_v, sink_slots)
+        x = x + a
+        return x + self.mlp(self.norm2(x)), present_k, present_v
+
+
+def causal_padding_mask(attention_mask: torch.Tensor, T: int, dtype) -> torch.Tensor:
+    """Additive mask (B, 1, T, S): query i (absolute position S-T+i) sees key j if j <= S-T+i and j is not padding.
+
+    A finite minimum, not -inf, so fully padded query rows give a harmless uniform softmax instead of NaN."""
+    S = attention_mask.shape[1]
+    keys = torch.arange(S, device=attention_mask.device)                       # (S,)
+    queries = torch.arange(T, device=attention_mask.device) + (S - T)          # (T,)
+    allowed = (keys[None, :] <= queries[:, None])[None, None] & (attention_mask[:, None, None, :] > 0)
+    return torch.zeros((), dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def last_positions(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """The last n positions of x (B, T, D); n <= 0 keeps all T. n stays a graph input (the tracer would
+    freeze a tensor used as a slice bound or arange start, hence the comparison), so the LM head multiplies
+    n rows, not T: at a 4k-token prefill that is most of its cost."""
+    positions = torch.arange(x.shape[1], device=x.device)                       # (T,)
+    start = torch.where(n > 0, x.shape[1] - n, torch.zeros_like(n))             # ()
+    rows = torch.nonzero(positions >= start).squeeze(1)                          # (n,)
+    return x.index_select(1, rows)                                               # (B, n, D)
+
+
+def first_slots(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, S) bool: each sequence's first valid cache slot, where the sink sits (after any left padding)."""
+    return (attention_mask.cumsum(-1) == 1) & (attention_mask > 0)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: DecoderConfig, attentions: list[Attention], mlp_hidden: int,
+                 rope: Rope | None):
+        super().__init__()
+        self.cfg = cfg
+        self.embeddings = Embeddings(cfg.vocab_size, cfg.hidden_size, cfg.tie_embeddings)
+        self.pos_embed = nn.Embedding(cfg.max_positions, cfg.hidden_size) if cfg.family == "gpt2" else None
+        self.rope = rope
+        self.blocks = nn.ModuleList(Block(cfg, a, mlp_hidden) for a in attentions)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps) if cfg.family == "llama" else \
+            nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
+        self.fused = False
+
+    def use_fused_attention(self) -> "Decoder":
+        """Every layer through onnxruntime's GroupQueryAttention: the shared-buffer cache variant."""
+        for b in self.blocks:
+            b.attn.use_fused()
+        self.fused = True
+        if self.rope is not None:       # the op's own RoPE tables for uncompressed layers (model/fused.py)
+            cos, sin = self.rope.tables(self.cfg.max_positions)
+            self.register_buffer("rope_cos_table", cos)                              # (P, d/2)
+            self.register_buffer("rope_sin_table", sin)                              # (P, d/2)
+        return self
+
+    def forward(self, input_ids, attention_mask, position_ids, *past, logits_to_keep=None):
+        """input_ids (B, T), attention_mask (B, S), position_ids (B, T), past: 2 per layer (B, kvh, P, size).
+
+        logits_to_keep: int64 scalar tensor n; n > 0 returns the logits of the last n positions only
+        (generation needs one), 0 or None all T (perplexity needs them).
+        """
+        T = input_ids.shape[1]
+        x = self.embeddings.embed(input_ids)                                         # (B, T, D)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(position_ids)
+        if self.fused:   # GroupQueryAttention masks itself from the sequence lengths (no left padding)
+            mask = sequence_lengths(attention_mask)                                  # (B,), ()
+        else:
+            mask = causal_padding_mask(attention_mask, T, x.dtype)                   # (B, 1, T, S)
+        rope_new = rope_all = None
+        if self.rope is not None:
+            rope_new = self.rope(position_ids)
+            if self.fused:                 # fused uncompressed layers rotate inside the op, from tables
+                rope_all = (self.rope_cos_table, self.rope_sin_table, position_ids)
+            elif self.needs_all_positions:  # pre-rope layers rotate every cached key: positions from the mask
+                rope_all = self.rope((attention_mask.cumsum(-1) - 1).clamp(min=0))
+        sink_slots = first_slots(attention_mask) if self.quantized else None              # (B, S)
+        presents = []
+        for i, block in enumerate(self.blocks):
+            self._tap_hidden(block, x)
+            x, k, v = block(x, rope_new, rope_all, mask, past[2 * i], past[2 * i + 1], sink_slots)
+            presents += [k, v]
+        if logits_to_keep is not None:
+            x = last_positions(x, logits_to_keep)                                   # (B, n, D)
+        logits = self.embeddings.logits(self.norm(x))                                # (B, n, V)
+        return (logits, *presents)
+
+    @staticmethod
+    def _tap_hidden(block, x):
+        if block.attn.tap is not None:
+            block.attn.tap("hidden", x)
+
+    def empty_past(self, batch: int, dtype=torch.float32) -> list[torch.Tensor]:
+        """The cache of a fresh sequence: every layer's key and value with 0 tokens."""
+        out = []
+        for b in self.blocks:
+            a = b.attn
+            for rank, quant in ((a.key_rank, a.key_quant), (a.value_rank, a.value_quant)):
+                if quant is not None:
+                    out.append(torch.zeros(batch, 1, 0, quant.nbytes, dtype=torch.uint8))
+                else:
+                    out.append(torch.zeros(batch, 1 if rank else a.G, 0, rank or a.d, dtype=dtype))
+        return out
+
+    @property
+    def needs_all_positions(self) -> bool:
+        """Pre-RoPE layers rotate every cached key, so they need the positions of all slots."""
+        return any(b.attn.key_mode == "pre-rope" for b in self.blocks)
+
+    @property
+    def quantized(self) -> bool:
+        return any(b.attn.key_quant is not None or b.attn.value_quant is not None for b in self.blocks)

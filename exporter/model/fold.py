@@ -1,0 +1,117 @@
+"""Build the compact decoder from HF weights, folding projectors into the attention weights.
+
+All folding is done in float64 and cast once, so K=full is bit-faithful and small K adds no rounding of its own.
+
+Entry point: `build_decoder(hf, projectors=None)`.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..codec.linear import Projectors
+from ..codec.quantizer import quantizer_for
+from .attention import Attention
+from .config import DecoderConfig, from_hf
+from .decoder import Decoder
+from .rope import Rope
+from .weights import attention_weights
+
+
+def _set(linear, weight, bias=None):
+    with torch.no_grad():
+        linear.weight.copy_(weight.float())
+        if linear.bias is not None:
+            linear.bias.copy_((bias if bias is not None else torch.zeros(weight.shape[0], dtype=weight.dtype)).float())
+
+
+def build_attention(hf, cfg: DecoderConfig, i: int, proj: Projectors | None) -> Attention:
+    w = attention_weights(hf, cfg, i)
+    key = proj.key(i) if proj else None        # Codec (decode (G*d, r), mean, encode (r, G*d)) in float64, or None
+    value = proj.value(i) if proj else None
+    mode = proj.key_mode if proj else "full"
+    attn = Attention(cfg, mode, key.rank if key else None, value.rank if value else None)
+    _set(attn.q_proj, w["q"], w["q_b"])
+    k_b = w["k_b"] if w["k_b"] is not None else torch.zeros(cfg.kv_dim, dtype=torch.float64)
+    if key is None:
+        _set(attn.k_proj, w["k"], w["k_b"])
+    elif attn.key_mode == "pre-rope":
+        enc, dec, mean = key.encode, key.decode, key.mean
+        _set(attn.k_proj, enc @ w["k"], enc @ (k_b - mean))             # x -> c directly
+        _set(attn.key_decode, dec, mean)                                # c -> k
+    else:  # post-rope: project rotated keys; queries meet them in k-space
+        enc, dec, mean = key.encode, key.decode, key.mean
+        _set(attn.k_proj, w["k"], w["k_b"])
+        _set(attn.key_encode, enc, -(enc @ mean))
+        per_head = dec.view(cfg.num_kv_heads, cfg.head_dim, -1)          # (G, d, r)
+        group = torch.arange(cfg.num_heads) // (cfg.num_heads // cfg.num_kv_heads)
+        with torch.no_grad():
+            attn.query_basis.copy_(per_head[group].float())              # (H, d, r)
+    o_b = w["o_b"] if w["o_b"] is not None else torch.zeros(cfg.hidden_size, dtype=torch.float64)
+    if value is None:
+        _set(attn.v_proj, w["v"], w["v_b"])
+        _set(attn.o_proj, w["o"], w["o_b"])
+    else:
+        enc, dec, mean = value.encode, value.decode, value.mean
+        v_b = w["v_b"] if w["v_b"] is not None else torch.zeros(cfg.kv_dim, dtype=torch.float64)
+        _set(attn.v_proj, enc @ w["v"], enc @ (v_b - mean))
+        H, G, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        group = torch.arange(H) // (H // G)
+        per_head = dec.view(G, d, -1)[group] if value.head_decode is None else value.head_decode   # (H, d, r)
+        W_o = w["o"].view(cfg.hidden_size, H, d)                         # (D, H, d)
+        absorbed = torch.einsum("Dhd,hdr->Dhr", W_o, per_head).reshape(cfg.hidden_size, -1)   # (D, H*r)
+        mean_per_head = mean.view(G, d)[group].reshape(-1)               # (H*d,)
+        _set(attn.o_proj, absorbed, o_b + w["o"] @ mean_per_head)
+    quant = proj.info.get("quant") if proj else None
+    if quant:      # a quantized cache: codes of the latents, packed (quant.py)
+        attn.key_quant = quantizer_for(key, quant["scales"]["key"], quant["group"])
+        attn.value_quant = quantizer_for(value, quant["scales"]["value"], quant["group"])
+    return attn
+
+
+def _copy_norm(dst, src):
+    with torch.no_grad():
+        dst.weight.copy_(src.weight)
+        if getattr(dst, "bias", None) is not None:
+            dst.bias.copy_(src.bias)
+
+
+def _rope(hf) -> Rope | None:
+    if hf.config.model_type == "gpt2":
+        return None
+    rot = hf.model.rotary_emb
+    return Rope(rot.inv_freq, getattr(rot, "attention_scaling", 1.0))
+
+
+def build_decoder(hf, proj: Projectors | None = None) -> Decoder:
+    """The compact decoder with HF's weights; with projectors, a compressed cache as they say."""
+    cfg = from_hf(hf.config)
+    if proj is not None:
+        proj.check_compatible(cfg)
+    attns = [build_attention(hf, cfg, i, proj) for i in range(cfg.num_layers)]
+    if cfg.family == "gpt2":
+        mlp_hidden = hf.transformer.h[0].mlp.c_fc.weight.shape[1]
+    else:
+        mlp_hidden = hf.model.layers[0].mlp.gate_proj.weight.shape[0]
+    dec = Decoder(cfg, attns, mlp_hidden, _rope(hf))
+    with torch.no_grad():
+        if cfg.family == "gpt2":
+            t = hf.transformer
+            dec.pos_embed.weight.copy_(t.wpe.weight)
+            for blk, layer in zip(dec.blocks, t.h):
+                _copy_norm(blk.norm1, layer.ln_1)
+                _copy_norm(blk.norm2, layer.ln_2)
+                _set(blk.mlp.fc, layer.mlp.c_fc.weight.T, layer.mlp.c_fc.bias)
+                _set(blk.mlp.proj, layer.mlp.c_proj.weight.T, layer.mlp.c_proj.bias)
+            _copy_norm(dec.norm, t.ln_f)
+        else:
+            m = hf.model
+            for blk, layer in zip(dec.blocks, m.layers):
+                _copy_norm(blk.norm1, layer.input_layernorm)
+                _copy_norm(blk.norm2, layer.post_attention_layernorm)
+                for name in ("gate_proj", "up_proj", "down_proj"):
+                    getattr(blk.mlp, name).weight.copy_(getattr(layer.mlp, name).weight)
+            _copy_norm(dec.norm, m.norm)
+        dec.embeddings.table_t.copy_(hf.get_input_embeddings().weight.T)
+        if not cfg.tie_embeddings:
+            dec.embeddings.head_t.copy_(hf.get_output_embeddings().weight.T)
+    return dec.eval()

