@@ -10,14 +10,16 @@ OPT_VENV  := build/venvs/optimum
 OPT_STAMP := $(OPT_VENV)/.setup-done
 
 MODEL     ?=
-K         ?= 128
+K         ?=
 K_KEY     ?=
 K_VALUE   ?=
 KEY_MODE  ?= pre-rope
 CALIB     ?=
 SEED      ?= 0
 DTYPE     ?= float32
-CACHE     ?= concat
+CACHE     ?=
+KV_DTYPE  ?=
+KV_ROTATION ?=
 METHOD    ?=
 BUDGET    ?=
 MAX_PPL_INCREASE ?=
@@ -38,11 +40,13 @@ MAX_NEW_TOKENS ?= 64
 PYTEST_ARGS ?=
 TEXT      ?=
 
-.PHONY: setup optimum-setup export validate generate analyze interop test test-fast clean help bench-runtime frontier
+.PHONY: setup optimum-setup export validate generate analyze interop test test-fast clean help bench-runtime bench-batch frontier
 
 help:
-	@echo "make export [MODEL=id|dir|file.gguf] [K=128|full] [K_KEY=] [K_VALUE=] [KEY_MODE=pre-rope|post-rope] [CALIB=file] [SEED=0]"
-	@echo "            [DTYPE=float32|float16] [CACHE=concat|shared-buffer] [METHOD=pca|output-aware|trained|raw]"
+	@echo "make export                              the default: K=full, an int8 cache onnxruntime's fused attention reads"
+	@echo "make export [MODEL=id|dir|file.gguf] [K=full|N|auto] [K_KEY=] [K_VALUE=] [KEY_MODE=pre-rope|post-rope] [CALIB=file]"
+	@echo "            [SEED=0] [DTYPE=float32|float16] [CACHE=concat|shared-buffer] [METHOD=pca|output-aware|trained|raw]"
+	@echo "            [KV_DTYPE=int8 [KV_ROTATION=hadamard|none]]  (with CACHE=shared-buffer K=full)"
 	@echo "            [TRAIN_LOSS=kl|hidden|reconstruction] [TRAIN_STEPS=64] [TRAIN_LR=3e-4] [TRAIN_SCHEDULE=constant|cosine]"
 	@echo "            [TRAIN_TOKENS=<training tokens of CALIB; default: the calibration tokens>]"
 	@echo "make export QUANT=spectral|uniform [QUANT_RATIO=4] [QUANT_SCALES=static|token]  quantized latents, bits by"
@@ -56,6 +60,7 @@ help:
 	@echo "make test                                 the test suite (tiny models, a few minutes)"
 	@echo "make test-fast                            the tests that need no tiny model or export (under a minute)"
 	@echo "make bench-runtime [BENCH_ARGS=...]       ours vs onnxruntime-genai, HF, optimum (TTFT, tok/s, RSS) -> build/bench-runtime.md"
+	@echo "make bench-batch [BENCH_ARGS=...]         batch x context grid: K=full, the int8 default, genai (docs/runtime_speed.md)"
 
 setup: $(STAMP)
 
@@ -76,9 +81,10 @@ $(OPT_STAMP): Makefile
 	touch $(OPT_STAMP)
 
 export: setup
-	$(PYTHON) -m exporter $(if $(MODEL),--model "$(MODEL)") --k "$(K)" $(if $(K_KEY),--k-key "$(K_KEY)") \
+	$(PYTHON) -m exporter $(if $(MODEL),--model "$(MODEL)") $(if $(K),--k "$(K)") $(if $(K_KEY),--k-key "$(K_KEY)") \
 		$(if $(K_VALUE),--k-value "$(K_VALUE)") --key-mode "$(KEY_MODE)" $(if $(CALIB),--calib "$(CALIB)") \
-		--seed "$(SEED)" --dtype "$(DTYPE)" --cache "$(CACHE)" $(if $(METHOD),--method "$(METHOD)") \
+		--seed "$(SEED)" --dtype "$(DTYPE)" $(if $(CACHE),--cache "$(CACHE)") $(if $(METHOD),--method "$(METHOD)") \
+		$(if $(KV_DTYPE),--kv-dtype "$(KV_DTYPE)") $(if $(KV_ROTATION),--kv-rotation "$(KV_ROTATION)") \
 		$(if $(BUDGET),--budget "$(BUDGET)") $(if $(MAX_PPL_INCREASE),--max-ppl-increase "$(MAX_PPL_INCREASE)") \
 		$(if $(TIE_RANKS),--tie-ranks) --train-loss "$(TRAIN_LOSS)" --train-steps "$(TRAIN_STEPS)" \
 		$(if $(TRAIN_LR),--train-lr "$(TRAIN_LR)") $(if $(TRAIN_SCHEDULE),--train-schedule "$(TRAIN_SCHEDULE)") \
@@ -109,6 +115,15 @@ test-fast: setup
 
 bench-runtime: setup optimum-setup
 	$(PYTHON) -m benchmarks.runtime_bench $(BENCH_ARGS)
+
+# the batch x context grid of the runtime issue: our K=full (concat, shared buffer), the default int8 export and
+# onnxruntime-genai's fp32 model, each exported or built first when missing
+bench-batch: setup
+	test -d build/smollm2-135m-kfull || $(PYTHON) -m exporter --k full
+	test -d build/smollm2-135m-kfull-shared || $(PYTHON) -m exporter --k full --cache shared-buffer
+	test -d build/smollm2-135m-kfull-shared-kvint8 || $(PYTHON) -m exporter --k full --cache shared-buffer --kv-dtype int8
+	$(PYTHON) -c "from benchmarks.runtime_bench.prepare import genai_peer; genai_peer()"
+	$(PYTHON) -m benchmarks.batch_decode $(BENCH_ARGS)
 
 clean:
 	rm -rf build/smollm2-* build/latest build/calib build/analyze-* build/sweep-*

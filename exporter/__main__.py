@@ -1,6 +1,8 @@
 """python -m exporter: export a causal LM to ONNX with a k-dimensional KV cache (see README).
 
-The command line of exporter/job/run.py:run_export; every flag is a field of exporter/options.py.
+The command line of exporter/job/run.py:run_export; every flag is a field of exporter/options.py. With none of
+--k, --k-key, --k-value, --cache, --kv-dtype, --method, --projectors (and no --quant, --dtype float16) it builds
+the default export: K=full, an int8 cache that onnxruntime's fused attention writes and reads (options.DEFAULT_EXPORT).
 
 Entry point: `main(argv)`; every flag is a field of exporter/options.py.
 """
@@ -10,15 +12,15 @@ import argparse
 import sys
 
 from .errors import cli_exit
-from .options import (ALLOCATIONS, DEFAULT_KEY_MODE, LOSSES, METHODS, AutoOptions, ExportOptions, QuantOptions,
-                      TrainOptions, parse_percent)
+from .options import (ALLOCATIONS, DEFAULT_KEY_MODE, KV_DTYPES, KV_ROTATIONS, LOSSES, METHODS, SHAPING, AutoOptions,
+                      ExportOptions, QuantOptions, TrainOptions, parse_percent, with_default_export)
 
 
 def main(argv=None) -> int:
     d = ExportOptions()
     p = argparse.ArgumentParser(prog="python -m exporter", description=__doc__)
     p.add_argument("--model", default=None, help="HF hub id, local HF directory or .gguf file (default: SmolLM2)")
-    p.add_argument("--k", default=d.k, help="latent dims per layer for keys and values, 'full', or 'auto' "
+    p.add_argument("--k", default=None, help="latent dims per layer for keys and values, 'full', or 'auto' "
                                            "(per-layer ranks from --budget or --max-ppl-increase)")
     p.add_argument("--k-key", default=None, help="override K for keys")
     p.add_argument("--k-value", default=None, help="override K for values")
@@ -33,9 +35,14 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default=d.dtype, choices=("float32", "float16"),
                    help="float16: weights, activations and KV cache in float16, norms/RoPE/softmax in float32 "
                         "(for GPUs; onnxruntime's CPU kernels run it, slowly)")
-    p.add_argument("--cache", default=d.cache, choices=("concat", "shared-buffer"),
+    p.add_argument("--cache", default=None, choices=("concat", "shared-buffer"),
                    help="shared-buffer: attention through onnxruntime's GroupQueryAttention, cache updated in "
                         "place in a max-length buffer (full or post-rope, K_KEY == K_VALUE; no left padding)")
+    p.add_argument("--kv-dtype", default=None, choices=KV_DTYPES,
+                   help="int8: onnxruntime's fused attention (CACHE=shared-buffer) stores int8 codes of the cache and "
+                        "reads them itself; static per-channel steps fitted on calibration text (K=full)")
+    p.add_argument("--kv-rotation", default=d.kv_rotation, choices=KV_ROTATIONS,
+                   help="with --kv-dtype: rotate each head's keys and values first (hadamard), or not (none)")
     p.add_argument("--method", default=None, choices=METHODS,
                    help="pca: plain PCA; output-aware: PCA in the metric of attention scores and the output "
                         "projection; trained: output-aware, then fine-tuned on the calibration text "
@@ -83,11 +90,12 @@ def main(argv=None) -> int:
     p.add_argument("--trust-remote-code", action="store_true")
     a = p.parse_args(argv)
     key_scales, _, value_scales = a.quant_scales.partition(",")
-    opts = ExportOptions(model=a.model or None, k=a.k, k_key=a.k_key or None, k_value=a.k_value or None,
+    given = {name for name in SHAPING if getattr(a, name, None) is not None}
+    opts = ExportOptions(model=a.model or None, k=a.k or d.k, k_key=a.k_key or None, k_value=a.k_value or None,
                          key_mode=a.key_mode, calib=a.calib or d.calib, calib_tokens=a.calib_tokens,
                          window=a.window, seed=a.seed, out=a.out, projectors=a.projectors, sink=a.sink,
                          trust_remote_code=a.trust_remote_code, dtype=a.dtype,
-                         cache=a.cache, method=a.method,
+                         cache=a.cache or d.cache, kv_dtype=a.kv_dtype, kv_rotation=a.kv_rotation, method=a.method,
                          auto=AutoOptions(budget_bytes=a.budget, granularity=a.granularity, tie=a.tie_ranks,
                                           max_ppl_increase=parse_percent(a.max_ppl_increase)
                                           if a.max_ppl_increase else None, sensitivity=a.sensitivity,
@@ -98,6 +106,7 @@ def main(argv=None) -> int:
                          quant=QuantOptions(allocation=a.quant, ratio=a.quant_ratio, key_scales=key_scales,
                                             value_scales=value_scales or key_scales, group=a.quant_group,
                                             weights=a.quant_weights, sensitivity=a.quant_sensitivity))
+    opts = with_default_export(opts, given)
     from .job.run import run_export     # torch and the model code load only when there is work to do
     return cli_exit(run_export, opts)
 

@@ -13,7 +13,7 @@ Entry point: `ExportOptions` (and its .train, .auto, .quant), `parse_rank`, `par
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import UserError
@@ -29,6 +29,8 @@ METHODS = ("pca", "output-aware", "trained", "raw")
 LOSSES = ("kl", "hidden", "reconstruction")
 ALLOCATIONS = ("spectral", "uniform")
 SCALES = ("static", "token")            # quantizer steps: fixed per component, or a scale byte per token and group
+KV_DTYPES = ("int8",)                   # a cache onnxruntime's fused attention quantizes itself (codec/cache_quant.py)
+KV_ROTATIONS = ("hadamard", "none")
 
 
 @dataclass
@@ -94,7 +96,7 @@ class QuantOptions:
 @dataclass
 class ExportOptions:
     model: str | None = None
-    k: str = "128"
+    k: str = "full"
     k_key: str | None = None
     k_value: str | None = None
     key_mode: str = DEFAULT_KEY_MODE
@@ -109,6 +111,8 @@ class ExportOptions:
     trust_remote_code: bool = False
     dtype: str = "float32"          # 'float16': weights, activations and cache in float16 (GPU users)
     cache: str = "concat"           # 'shared-buffer': fused GroupQueryAttention, in-place cache (graphs/contract.py)
+    kv_dtype: str | None = None     # 'int8': the fused op stores int8 codes of rotated keys and values
+    kv_rotation: str = "hadamard"   # with kv_dtype: the per-head rotation before the op quantizes
     method: str | None = None       # 'pca' | 'output-aware' (projectors/metric.py) | 'trained' (projectors/train.py,
                                     # from output-aware) | 'raw'; None: pca, or output-aware for K=auto
     train: TrainOptions = field(default_factory=TrainOptions)
@@ -118,6 +122,20 @@ class ExportOptions:
     @property
     def is_auto(self) -> bool:
         return str(self.k).lower() == "auto"
+
+
+DEFAULT_EXPORT = {"k": "full", "cache": "shared-buffer", "kv_dtype": "int8"}   # what `make export` builds
+# the options that shape the cache: when a user gives none of them, the default export is built
+SHAPING = ("k", "k_key", "k_value", "cache", "kv_dtype", "method", "projectors")
+
+
+def with_default_export(o: ExportOptions, given: set[str]) -> ExportOptions:
+    """The default export (K=full, an int8 cache onnxruntime's fused attention reads: the best measured trade of
+    bytes, speed and quality, docs/runtime_speed.md) unless one of SHAPING was given, or a float16 or quantized
+    (QUANT) export was asked for."""
+    if given & set(SHAPING) or o.dtype != "float32" or o.quant.allocation is not None:
+        return o
+    return replace(o, **DEFAULT_EXPORT)
 
 
 def parse_percent(value: str) -> float:

@@ -8,7 +8,9 @@ Outputs: logits [batch, n, vocab] (n = logits_to_keep when > 0, else seq),
 
 An uncompressed tensor has kv_heads = the model's KV heads and head_size = head_dim (the usual GQA layout);
 a compressed one has kv_heads = 1 and head_size = k, its latent rank (one latent shared by all KV heads);
-a quantized one (exporter/quant.py) is uint8 with kv_heads = 1 and head_size = its packed bytes per token.
+a quantized one (exporter/codec/quantizer.py) is uint8 with kv_heads = 1 and head_size = its packed bytes per
+token; one that onnxruntime's fused attention quantizes itself (exporter/codec/cache_quant.py) is int8 of the
+uncompressed shape.
 The names are those optimum and onnxruntime-genai use, so other runtimes can drive the graph.
 
 Two variants of the cache update (export.json "cache_update"):
@@ -31,7 +33,9 @@ LOGITS = "logits"
 LOGITS_TO_KEEP = "logits_to_keep"
 
 DTYPE_BYTES = {"float32": 4, "float16": 2}                      # the model's float types
-CACHE_DTYPE_BYTES = {**DTYPE_BYTES, "uint8": 1}                # a quantized cache tensor holds packed codes
+CACHE_DTYPE_BYTES = {**DTYPE_BYTES, "uint8": 1, "int8": 1}     # quantized caches: packed codes (uint8), or the
+                                                               # int8 codes onnxruntime's fused attention reads
+CODE_DTYPES = ("uint8", "int8")
 CACHE_UPDATES = ("concat", "shared-buffer")
 
 
@@ -76,7 +80,7 @@ class CacheLayout:
 
     @property
     def quantized(self) -> bool:
-        return any(s.dtype == "uint8" for s in self.keys + self.values)
+        return any(s.dtype in CODE_DTYPES for s in self.keys + self.values)
 
     def names(self):
         """(layer, kind, past name, present name) for every cache tensor, in graph order."""

@@ -23,7 +23,8 @@ def uniform_shape(layout: C.CacheLayout) -> C.CacheShape | None:
 
 def genai_config(meta: ExportMetadata, max_length: int | None = None) -> dict:
     """The config dict; raises ValueError naming why genai cannot run this cache layout."""
-    if meta.layout.quantized:
+    int8 = meta.cache_update == "shared-buffer" and {s.dtype for s in meta.layout.keys + meta.layout.values} == {"int8"}
+    if meta.layout.quantized and not int8:      # genai sizes int8 caches from the graph, as its own builder's
         raise ValueError("onnxruntime-genai allocates float caches; this export's cache is packed uint8 codes "
                          "(QUANT): run it with our runtime, or export without QUANT for genai")
     shape = uniform_shape(meta.layout)
@@ -54,8 +55,9 @@ def genai_config(meta: ExportMetadata, max_length: int | None = None) -> dict:
         },
         "search": {"do_sample": False, "max_length": max_length or context, "min_length": 0, "num_beams": 1,
                    "num_return_sequences": 1, "repetition_penalty": 1.0,
-                   # shared-buffer exports: genai binds one max_length buffer as past and present, as we do
-                   "past_present_share_buffer": meta.cache_update == "shared-buffer",
+                   # shared-buffer exports: genai binds one max_length buffer as past and present, as we do (not
+                   # for int8 caches on CPU: genai's own builder turns sharing off there, and so do we)
+                   "past_present_share_buffer": meta.cache_update == "shared-buffer" and not int8,
                    "temperature": 1.0, "top_k": 1, "top_p": 1.0},
     }
 

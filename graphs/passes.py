@@ -47,6 +47,26 @@ def make_input_optional(model: onnx.ModelProto, name: str, default: np.ndarray) 
     return model
 
 
+SCALES_LAST = "spectral_kv_scales_last"      # GroupQueryAttention nodes whose k_scale, v_scale came last
+SCALE_INPUTS = 12                             # where the op takes k_scale and v_scale (inputs 12 and 13)
+
+
+def place_group_query_scales(model: onnx.ModelProto) -> onnx.ModelProto:
+    """GroupQueryAttention takes k_scale and v_scale as inputs 12 and 13, after optional inputs the tracer cannot
+    leave empty: the exporter emits them last with the SCALES_LAST mark, and this pass moves them into place
+    (empty names for the optional inputs between) and drops the mark."""
+    for node in model.graph.node:
+        marks = [a for a in node.attribute if a.name == SCALES_LAST]
+        if node.op_type != "GroupQueryAttention" or not marks:
+            continue
+        inputs = list(node.input)
+        head, scales = inputs[:-2], inputs[-2:]
+        del node.input[:]
+        node.input.extend(head + [""] * (SCALE_INPUTS - len(head)) + scales)
+        node.attribute.remove(marks[0])
+    return model
+
+
 # Kept in float32 by to_float16: nodes of these module scopes and these op types. RoPE angles reach
 # position x inv_freq ~ 8k rad, where float16 steps by 4; RMSNorm/LayerNorm square activations that
 # exceed float16's range on real LLMs; softmax sums many exponentials.

@@ -16,7 +16,7 @@ from graphs.contract import CacheLayout
 
 from .session import Device
 
-NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8, "int8": np.int8}
 
 
 def _allocate(layout: CacheLayout, batch: int, device: Device, seq: int) -> dict[str, ort.OrtValue]:
@@ -30,15 +30,24 @@ def _allocate(layout: CacheLayout, batch: int, device: Device, seq: int) -> dict
     return values
 
 
+def _host_buffers(layout: CacheLayout, batch: int, capacity: int) -> dict[str, np.ndarray]:
+    """Past name -> a zeroed host array (B, kv_heads, capacity, head_size): CPU shared buffers live in numpy
+    arrays, so one sequence's rows can be bound alone as a view (KVCache.row) without a copy."""
+    return {past: np.zeros((batch, layout.shape(i, kind).kv_heads, capacity, layout.shape(i, kind).head_size),
+                           NUMPY_DTYPES[layout.dtype_of(layout.shape(i, kind))])
+            for i, kind, past, _ in layout.names()}
+
+
 class KVCache:
     """The past tensors of every layer for a batch, as device OrtValues named by the graph contract."""
 
     def __init__(self, layout: CacheLayout, device: Device, values: dict[str, ort.OrtValue],
-                 shared: bool = False):
+                 shared: bool = False, host: dict[str, np.ndarray] | None = None):
         self.layout = layout
         self.device = device
         self.values = values  # past name -> OrtValue (B, kv_heads, past or capacity, head_size)
         self.shared = shared
+        self.host = host      # CPU shared buffers: the numpy arrays the OrtValues wrap (rows bind as views)
         self._length = 0      # tokens held, shared buffers only (a concat cache's length is its shape)
 
     @classmethod
@@ -48,8 +57,24 @@ class KVCache:
 
     @classmethod
     def buffer(cls, layout: CacheLayout, batch: int, device: Device, capacity: int) -> "KVCache":
-        """A shared-buffer cache: every tensor (B, kv_heads, capacity, head_size), allocated once."""
-        return cls(layout, device, _allocate(layout, batch, device, capacity), shared=True)
+        """A shared-buffer cache: every tensor (B, kv_heads, capacity, head_size), allocated once (on the CPU in
+        numpy arrays the OrtValues wrap, so that rows() can hand out one sequence's rows)."""
+        if device.type != "cpu":
+            return cls(layout, device, _allocate(layout, batch, device, capacity), shared=True)
+        host = _host_buffers(layout, batch, capacity)
+        return cls(layout, device, {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in host.items()}, shared=True,
+                   host=host)
+
+    def row(self, index: int) -> "KVCache":
+        """Sequence `index` of a CPU shared buffer as a batch-1 cache over the same memory (numpy views, no copy):
+        a batch is prefilled one sequence at a time, in chunks, which the fused op takes at batch 1 only."""
+        if self.host is None:
+            raise ValueError("only CPU shared buffers hand out rows")
+        view = KVCache(self.layout, self.device, {n: ort.OrtValue.ortvalue_from_numpy(a[index:index + 1])
+                                                  for n, a in self.host.items()}, shared=True,
+                       host={n: a[index:index + 1] for n, a in self.host.items()})
+        view._length = self._length
+        return view
 
     @property
     def length(self) -> int:

@@ -128,7 +128,15 @@ class Generator:
                               len(sequences[0]) + max_new_tokens)
 
     def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache) -> np.ndarray:
-        """Feed the prompt batch (B, L) in chunks of prefill_chunk tokens; the last position's logits (B, V)."""
+        """Feed the prompt batch (B, L) in chunks of prefill_chunk tokens; the last position's logits (B, V).
+        A shared buffer on the CPU takes its batch one sequence at a time (the fused op takes chunks after the
+        first at batch 1 only), each row of the buffer bound as a view: chunked, so the prefill's transients
+        stay those of one chunk of one sequence."""
+        if cache.shared and input_ids.shape[0] > 1 and cache.host is not None:
+            rows = [self.prefill(input_ids[r:r + 1], attention_mask[r:r + 1], cache.row(r))
+                    for r in range(input_ids.shape[0])]
+            cache.advance({}, input_ids.shape[1])
+            return np.concatenate(rows)                                                  # (B, V)
         chunk = self.prefill_chunk or input_ids.shape[1]
         if cache.shared and input_ids.shape[0] > 1:   # the fused op takes chunks after the first at batch 1 only
             chunk = input_ids.shape[1]

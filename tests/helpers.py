@@ -14,6 +14,12 @@ def prompts(sink: int | None, lengths=(40, 29), seed=0) -> list[list[int]]:
     return [prefix + g.integers(3, 300, n).tolist() for n in lengths]
 
 
+def equal_prompts(sink: int, n: int = 2, length: int = 33, seed: int = 0) -> list[list[int]]:
+    """n prompts of one length, sink first: what shared-buffer exports take (no left padding)."""
+    rng = np.random.default_rng(seed)
+    return [[sink] + rng.integers(3, 250, length - 1).tolist() for _ in range(n)]
+
+
 CALIB_TOKENS = 4096     # tiny models: enough for rank <= 32 (the min is checked by the exporter)
 
 

@@ -69,10 +69,10 @@ def main(argv=None) -> int:
                   "kv": {"original_fp32": kv_bytes_per_token(original),
                          "original_fp16": kv_bytes_per_token(CacheLayout(original.keys, original.values, "float16")),
                          "export": meta.kv_bytes_per_token, "measured": measured,
-                         "dtype": "uint8 codes" if meta.layout.quantized else meta.layout.dtype}}
+                         "dtype": f"{meta.layout.keys[0].dtype} codes" if meta.layout.quantized else meta.layout.dtype}}
         window = min(a.window, meta.model["max_positions"] - (sink is not None))       # GPT-2 stops at 1024
-        if meta.layout.quantized:
-            proj = load_projectors(os.path.join(export, "projectors"))
+        proj = load_projectors(os.path.join(export, "projectors")) if meta.layout.quantized else None
+        if proj is not None and proj.info.get("quant"):     # packed codes of latents: their rate-distortion table
             rd = rate_distortion_table(hf, proj, token_windows(tok, a.eval, window, a.rd_tokens, sink))
             report["rate_distortion"] = [t.to_json() for t in rd]
             ratios = sorted(t.ratio for t in rd)

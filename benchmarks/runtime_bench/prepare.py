@@ -303,3 +303,13 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def genai_peer() -> str:
+    """onnxruntime-genai's fp32 model of the default model (and the HF directory it is built from), built when
+    missing; its directory. The peer of benchmarks/batch_decode.py (`make bench-batch`)."""
+    if not is_built(GENAI_DIR):
+        if not is_built(HF_DIR):
+            build_hf_dir(_Model())
+        build_genai()
+    return GENAI_DIR

@@ -5,4 +5,5 @@
     scalar.py     the scalar quantizer: Max's Gaussian-optimal steps and errors, the token scale table
     packing.py    bit planes of mixed-width codes packed into bytes (Packing, bytes_per_token)
     quantizer.py  LatentQuantizer: the nn.Module the graph runs to encode latents into packed uint8 and back
+    cache_quant.py  CacheQuant: the int8 cache onnxruntime's fused attention writes (rotation, static steps)
 """

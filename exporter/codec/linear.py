@@ -60,6 +60,7 @@ class Projectors:
     keys: list                                      # per layer a Codec, or None (uncompressed)
     values: list
     info: dict = field(default_factory=dict)        # fingerprint, model, calibration, method, sink
+    cache_quant: object = None                      # codec/cache_quant.CacheQuant: the fused op's int8 cache
 
     def key(self, i: int):
         return self.keys[i]

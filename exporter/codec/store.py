@@ -1,7 +1,8 @@
 """Projector files: <stem>.safetensors (the tensors) + <stem>.json (what they are for). Never pickle.
 
 Tensors, per layer i and kind (key, value): layers.{i}.{kind}.basis (the decode, dim x r), .encode (r x dim),
-.mean (dim), and when present .head_decode (H x d x r), .bits / .sigma / .sink (r) of a quantized cache. Files
+.mean (dim), and when present .head_decode (H x d x r), .bits / .sigma / .sink (r) of a quantized cache, and
+.cache_scale (G*d) of an int8 cache the fused op quantizes (codec/cache_quant.py). Files
 from before `encode` existed load as PCA (encode = basis^T). The JSON holds the format, model fingerprint,
 key mode, ranks, the tensors' sha256, and the provenance the fit recorded (method, calibration, training,
 K=auto search, quantizer). Loading refuses a file made for another model or whose checksum does not match.
@@ -17,6 +18,7 @@ import torch
 
 from ..errors import UserError
 from ..files import sha256_file, write_text
+from .cache_quant import CacheQuant
 from .linear import OPTIONAL_TENSORS, Codec, Projectors
 
 FORMAT = "spectral-kv-projectors/1"
@@ -33,6 +35,10 @@ def projector_tensors(proj: Projectors) -> dict[str, torch.Tensor]:
                 for extra in OPTIONAL_TENSORS:
                     if getattr(p, extra) is not None:
                         out[f"layers.{i}.{kind}.{extra}"] = getattr(p, extra).contiguous()
+    q = proj.cache_quant
+    for kind, scales in (("key", q.key_scales), ("value", q.value_scales)) if q else ():
+        for i, s in enumerate(scales):
+            out[f"layers.{i}.{kind}.cache_scale"] = s.contiguous()
     return out
 
 
@@ -46,6 +52,8 @@ def save_projectors(proj: Projectors, path_stem: str) -> str:
     digest = sha256_file(st)
     meta = {"format": FORMAT, "key_mode": proj.key_mode, "ranks": proj.ranks(), "tensors_sha256": digest,
             **proj.info}
+    if proj.cache_quant is not None:
+        meta["cache_quant"] = {"dtype": proj.cache_quant.dtype, "rotation": proj.cache_quant.rotation}
     write_text(path_stem + ".json", json.dumps(meta, indent=1, sort_keys=True))
     return digest
 
@@ -81,7 +89,11 @@ def load_projectors(path_stem: str, fingerprint: str | None = None) -> Projector
                                 t.get(f"layers.{i}.{kind}.encode"),
                                 **{x: t.get(f"layers.{i}.{kind}.{x}") for x in OPTIONAL_TENSORS}) \
         if f"layers.{i}.{kind}.basis" in t else None
-    info = {k: v for k, v in meta.items() if k not in ("format", "key_mode", "ranks", "tensors_sha256")}
-    return Projectors(meta["key_mode"], [get(i, "key") for i in range(n)], [get(i, "value") for i in range(n)], info)
+    info = {k: v for k, v in meta.items() if k not in ("format", "key_mode", "ranks", "tensors_sha256", "cache_quant")}
+    q = meta.get("cache_quant")
+    cache_quant = None if q is None else CacheQuant(
+        q["dtype"], q["rotation"], *([t[f"layers.{i}.{kind}.cache_scale"] for i in range(n)] for kind in ("key", "value")))
+    return Projectors(meta["key_mode"], [get(i, "key") for i in range(n)], [get(i, "value") for i in range(n)], info,
+                      cache_quant)
 
 

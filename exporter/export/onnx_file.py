@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from graphs import contract as C
 from graphs.checks import check_contract, check_model
-from graphs.passes import (clamp_ir_version, make_input_optional, set_metadata_props, strip_doc_strings,
-                           to_float16)
+from graphs.passes import (clamp_ir_version, make_input_optional, place_group_query_scales, set_metadata_props,
+                           strip_doc_strings, to_float16)
 
 OPSET = 17
 TWO_GB = 2 * 1024 ** 3
@@ -31,6 +31,8 @@ def layout_of(decoder, dtype: str = "float32") -> C.CacheLayout:
     def shape(rank, quant, a):
         if quant is not None:
             return C.CacheShape(1, quant.nbytes, "uint8")              # packed codes (codec/quantizer.py)
+        if a.cache_scales is not None:
+            return C.CacheShape(a.G, a.d, "int8")                      # the fused op's codes (codec/cache_quant.py)
         return C.CacheShape(1, rank) if rank else C.CacheShape(a.G, a.d)
     keys = tuple(shape(b.attn.key_rank, b.attn.key_quant, b.attn) for b in decoder.blocks)
     values = tuple(shape(b.attn.value_rank, b.attn.value_quant, b.attn) for b in decoder.blocks)
@@ -46,6 +48,8 @@ def _example_inputs(decoder, layout: C.CacheLayout, batch=2, new=3, past=2):
         size = (batch, s.kv_heads, past, s.head_size)
         if layout.dtype_of(s) == "uint8":
             return torch.randint(0, 256, size, generator=g, dtype=torch.uint8)
+        if layout.dtype_of(s) == "int8":
+            return torch.randint(-128, 128, size, generator=g, dtype=torch.int8)
         return torch.randn(*size, generator=g)
     caches = [cache(layout.shape(i, kind)) for i, kind, _, _ in layout.names()]
     return (ids, mask, pos, *caches, torch.tensor(1))   # the last one is logits_to_keep
@@ -91,6 +95,7 @@ def write_onnx(decoder, layout: C.CacheLayout, path: str, props: dict[str, str])
     steps.update()
     model = onnx.load(path)
     strip_doc_strings(model)
+    place_group_query_scales(model)
     make_input_optional(model, C.LOGITS_TO_KEEP, numpy.array(0, dtype=numpy.int64))
     if layout.dtype == "float16":
         model = to_float16(model, keep_float32_io=(C.LOGITS,))

@@ -1,14 +1,15 @@
 """The settings an export refuses, before any work where it can: one-line errors that name the fix.
 
 Entry points: `check_options(o)` (before loading the model), `is_quantized(o)` (refuses what a quantized cache
-cannot take), `check_shared_buffer(decoder)` (what onnxruntime's fused attention cannot run).
+cannot take), `has_cache_quant(o)` (likewise for KV_DTYPE), `check_shared_buffer(decoder)` (what onnxruntime's
+fused attention cannot run).
 """
 from __future__ import annotations
 
 from graphs.contract import CACHE_UPDATES, DTYPE_BYTES
 
 from ..errors import UserError
-from ..options import KEY_MODES, METHODS, ExportOptions
+from ..options import KEY_MODES, KV_DTYPES, KV_ROTATIONS, METHODS, ExportOptions
 
 
 def check_options(o: ExportOptions) -> None:
@@ -41,6 +42,24 @@ def is_quantized(o: ExportOptions) -> bool:
     return True
 
 
+def has_cache_quant(o: ExportOptions) -> bool:
+    """Whether onnxruntime's fused attention quantizes the cache (KV_DTYPE); refuses what it cannot take."""
+    if o.kv_dtype is None:
+        return False
+    if o.kv_dtype not in KV_DTYPES:
+        raise UserError(f"KV_DTYPE={o.kv_dtype!r} is unknown: use {' or '.join(KV_DTYPES)}")
+    if o.kv_rotation not in KV_ROTATIONS:
+        raise UserError(f"KV_ROTATION={o.kv_rotation!r} is unknown: use {' or '.join(KV_ROTATIONS)}")
+    if o.cache != "shared-buffer":
+        raise UserError(f"KV_DTYPE={o.kv_dtype} is quantized by onnxruntime's fused attention: add CACHE=shared-buffer")
+    if o.dtype != "float32" or o.quant.allocation is not None or o.projectors or o.method == "raw":
+        raise UserError(f"KV_DTYPE={o.kv_dtype} quantizes the float32 cache itself: drop DTYPE, QUANT, METHOD=raw "
+                        "and --projectors")
+    if any(x is not None and str(x).lower() != "full" for x in (o.k, o.k_key, o.k_value)):
+        raise UserError(f"KV_DTYPE={o.kv_dtype} stores every dimension of every head: use K=full")
+    return True
+
+
 def check_shared_buffer(decoder) -> None:
     """CACHE=shared-buffer runs every layer through GroupQueryAttention: full or k-space (post-RoPE) keys, values
     of the same size, a float cache, sizes that are multiples of 8 (the kernel's)."""
@@ -53,7 +72,8 @@ def check_shared_buffer(decoder) -> None:
             raise UserError("CACHE=shared-buffer needs keys and values of one size (K_KEY == K_VALUE, both "
                             "compressed or both full): change the ranks or use CACHE=concat")
         if a.key_quant is not None or a.value_quant is not None:
-            raise UserError("CACHE=shared-buffer cannot hold a quantized cache: use CACHE=concat")
+            raise UserError("CACHE=shared-buffer cannot hold packed codes (QUANT): use CACHE=concat, or KV_DTYPE=int8 "
+                            "for codes the fused op reads")
         if a.key_rank is not None and a.key_rank % 8:
             raise UserError(f"CACHE=shared-buffer needs K a multiple of 8 (onnxruntime's kernel), got "
                             f"{a.key_rank}: pick K={a.key_rank + 8 - a.key_rank % 8} or CACHE=concat")

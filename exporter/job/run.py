@@ -4,6 +4,7 @@
     choose_auto_ranks      K=auto only                                                     (job/stages.py)
     fit_projectors         calibration statistics -> per-layer codes at the ranks
     quantize               QUANT only: bits and steps for packed codes
+    fit_cache_quant        KV_DTYPE only: steps of the int8 cache the fused attention writes
     build_decoder          HF weights with the codes folded in                             (model/fold.py)
     save_export            model.onnx + export.json + tokenizer + projectors, atomically   (export/directory.py)
 
@@ -26,9 +27,9 @@ from ..export.onnx_file import OPSET, layout_of
 from ..model.fold import build_decoder
 from ..options import ExportOptions, parse_rank, per_layer
 from ..quant.design import float16_bytes
-from .checks import check_shared_buffer, is_quantized
+from .checks import check_shared_buffer, has_cache_quant, is_quantized
 from .job import ExportJob
-from .stages import choose_auto_ranks, fit_projectors, quantize
+from .stages import choose_auto_ranks, fit_cache_quant, fit_projectors, quantize
 
 
 def default_out(o: ExportOptions, name: str, key_rank, value_rank) -> str:
@@ -45,7 +46,8 @@ def default_out(o: ExportOptions, name: str, key_rank, value_rank) -> str:
     else:
         tag = f"k{key_rank or 'full'}v{value_rank or 'full'}-{o.key_mode}"
     suffix = ("" if o.method in ("pca", None) else f"-{o.method}") + ("" if o.dtype == "float32" else "-fp16") \
-        + ("" if o.cache == "concat" else "-shared")
+        + ("" if o.cache == "concat" else "-shared") + (f"-kv{o.kv_dtype}" if o.kv_dtype else "") \
+        + ("-norot" if o.kv_dtype and o.kv_rotation == "none" else "")
     q = o.quant
     if q.allocation:
         scales = q.key_scales if q.key_scales == q.value_scales else f"{q.key_scales}-{q.value_scales}"
@@ -56,6 +58,8 @@ def default_out(o: ExportOptions, name: str, key_rank, value_rank) -> str:
 def sink_handling(proj) -> str:
     if proj is None:
         return "constant prefix at position 0"
+    if proj.cache_quant is not None:
+        return "constant prefix at position 0; its int8 codes use the same steps as every token"
     if proj.info.get("method") == "trained":
         return "constant prefix at position 0; trained with it in every window (no longer coded exactly)"
     return "constant prefix at position 0; its key and value directions are in every basis"
@@ -70,7 +74,8 @@ def export_metadata(job: ExportJob, decoder, proj) -> ExportMetadata:
     return ExportMetadata(
         model={"source": job.loaded.source, "name": job.loaded.name, "fingerprint": job.fingerprint,
                **cfg.to_json()},
-        layout=layout_of(decoder, o.dtype), key_mode=proj.key_mode if proj else "full", ranks=ranks,
+        layout=layout_of(decoder, o.dtype), key_mode="full" if proj is None or not any(proj.keys) else proj.key_mode,
+        ranks=ranks,
         sink={"token_id": sink, "token": tok.convert_ids_to_tokens(sink) if sink is not None else None,
               "handling": sink_handling(proj)},
         eos_token_ids=stops,
@@ -92,13 +97,15 @@ def run_export(o: ExportOptions, loaded=None) -> str:
                                                  "K_KEY" if o.k_key else "K")
     value_rank = None if o.is_auto else parse_rank(o.k_value if o.k_value is not None else o.k, cfg.kv_dim,
                                                    "K_VALUE" if o.k_value else "K")
-    quantized = is_quantized(o)
+    quantized, cache_quant = is_quantized(o), has_cache_quant(o)
     if quantized and o.method != "raw":     # K=full with a quantizer: the full-rank transform, bits decide
         key_rank, value_rank = key_rank or cfg.kv_dim, value_rank or cfg.kv_dim
     out = default_out(o, job.loaded.name, key_rank, value_rank)
     check_out_dir(out)
     if o.projectors:
         proj = load_projectors(o.projectors, job.fingerprint)
+    elif cache_quant:
+        proj = fit_cache_quant(job)
     elif key_rank is None and value_rank is None and not o.is_auto and not quantized:
         proj = None
     else:
@@ -110,7 +117,7 @@ def run_export(o: ExportOptions, loaded=None) -> str:
     if quantized:
         proj = quantize(job, proj)
     decoder = build_decoder(job.hf, proj) if proj is not None else job.decoder
-    if o.cache == "shared-buffer":
+    if o.cache == "shared-buffer" and not decoder.fused:
         check_shared_buffer(decoder)
         decoder.use_fused_attention()
     meta = export_metadata(job, decoder, proj)

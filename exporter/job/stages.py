@@ -3,6 +3,7 @@
     choose_auto_ranks(job)                   K=auto: per-layer ranks from a byte or perplexity budget
     fit_projectors(job, key_ranks, ...)      PCA, output-aware, trained or raw codes at given ranks
     quantize(job, projectors)                bits, steps and the sink's latent for a quantized cache
+    fit_cache_quant(job)                     steps of the int8 cache onnxruntime's fused attention writes
 
 Statistics, metrics and samples come from the job, computed once however many stages read them.
 
@@ -16,6 +17,7 @@ from graphs.contract import DTYPE_BYTES
 
 from ..calib.capture import key_tap
 from ..calib.text import fitting_window, probe_windows, training_windows
+from ..codec.cache_quant import CacheQuant, fit_scales, rotation_matrix
 from ..codec.linear import Projectors
 from ..options import QuantOptions, TrainOptions
 from ..projectors.metric import output_whitening
@@ -81,3 +83,28 @@ def quantize(job: ExportJob, proj: Projectors, q: QuantOptions | None = None) ->
     src = Sources(stats, cfg, job.tap_of(mode), job.sink, metric if q.weights == "output" else None,
                   job.samples(mode))
     return quantize_projectors(proj, q, src, refit, sensitivity)
+
+
+def fit_cache_quant(job: ExportJob) -> Projectors:
+    """Static per-channel steps for the int8 cache onnxruntime's fused attention writes (codec/cache_quant.py):
+    fitted to the rotated keys (after RoPE) and values of the first quant.fit_tokens calibration tokens. The
+    projectors carry no linear code (keys and values stay full), only the steps and the rotation."""
+    o, cfg = job.options, job.config
+    G, d = cfg.num_kv_heads, cfg.head_dim
+    samples = job.samples("post-rope")
+    tap_of = job.tap_of("post-rope")
+    rotation = rotation_matrix(d, o.kv_rotation).float() if o.kv_rotation != "none" else None
+    scales = {}
+    for i in range(cfg.num_layers):
+        for kind in ("key", "value"):
+            x = samples[(i, tap_of(kind))].float()                                     # (N, G*d)
+            if rotation is not None:
+                x = (x.view(-1, G, d) @ rotation.T).reshape(-1, G * d)
+            scales[(i, kind)] = fit_scales(x)
+    cache_quant = CacheQuant(o.kv_dtype, o.kv_rotation, [scales[(i, "key")] for i in range(cfg.num_layers)],
+                             [scales[(i, "value")] for i in range(cfg.num_layers)])
+    calibration = {k: v for k, v in job.statistics().calibration.items() if k != "cached"}
+    info = {**job.provenance, "method": f"cache-{o.kv_dtype}", "sink_token_id": job.sink,
+            "calibration": {**calibration, "scale_tokens": o.quant.fit_tokens}}
+    L = cfg.num_layers
+    return Projectors(job.key_mode, [None] * L, [None] * L, info, cache_quant)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .fused import group_query_attention
+from .fused import group_query_attention, rotary_embedding
 from .rope import apply_rope
 
 
@@ -75,6 +75,17 @@ class Attention(nn.Module):
         self.fused = False  # True: the fused GroupQueryAttention op with a shared-buffer cache (model/fused.py)
         self.key_quant = None     # codec.quantizer.LatentQuantizer: the latents are cached as packed integer codes
         self.value_quant = None
+        self.cache_scales = None  # (k_scale, v_scale) (G*d,): the fused op quantizes the cache to int8 itself
+        self.cache_rotation = None  # (d, d): queries and keys rotated after RoPE (values: folded into v/o_proj)
+
+    def use_cache_quant(self, rotation, key_scale, value_scale) -> None:
+        """An int8 cache the fused op writes and reads (codec/cache_quant.py): per-channel steps, rotation R."""
+        self.register_buffer("cache_key_scale", key_scale.float().clone())             # (G*d,)
+        self.register_buffer("cache_value_scale", value_scale.float().clone())         # (G*d,)
+        self.cache_scales = (self.cache_key_scale, self.cache_value_scale)
+        if rotation is not None:
+            self.register_buffer("cache_rotation_t", rotation.T.float().contiguous())  # (d, d): x @ R^T = R x
+            self.cache_rotation = self.cache_rotation_t
 
     def use_fused(self) -> None:
         """Export this layer through GroupQueryAttention. The op takes full or k-space (post-RoPE) keys with
@@ -136,6 +147,14 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         sizes = [self.q_proj.out_features, self.k_proj.out_features, self.v_proj.out_features]
         q, k, v = self.qkv_proj(x).split(sizes, dim=-1)                      # (B, T, H*d), (B, T, G*d), v
+        if self.key_mode == "full" and self.cache_rotation is not None:   # RoPE, then R, before the op
+            if rope_tables is not None:                                      # (cos, sin tables, position_ids)
+                cos, sin, positions = rope_tables
+                q = rotary_embedding(q, positions, cos, sin, self.H)         # (B, T, H*d)
+                k = rotary_embedding(k, positions, cos, sin, self.G)         # (B, T, G*d)
+            q = (q.view(B, T, self.H, self.d) @ self.cache_rotation).reshape(B, T, -1)   # (B, T, H*d)
+            k = (k.view(B, T, self.G, self.d) @ self.cache_rotation).reshape(B, T, -1)   # (B, T, G*d)
+            return self._group_query(q, k, v, past_k, past_v, lengths, self.G, None)
         if self.key_mode == "full":     # the op rotates q and k itself from the tables (None: no RoPE)
             return self._group_query(q, k, v, past_k, past_v, lengths, self.G, rope_tables)
         # k-space, one KV head of r: RoPE must come before the projection, so it stays in the graph
@@ -149,7 +168,7 @@ class Attention(nn.Module):
 
     def _group_query(self, q, k, v, past_k, past_v, lengths, kv_heads, rope_tables):
         out, present_k, present_v = group_query_attention(q, k, v, past_k, past_v, lengths, self.H, kv_heads,
-                                                          self.scale, rope_tables)       # (B, T, H*s)
+                                                          self.scale, rope_tables, self.cache_scales)  # (B, T, H*s)
         return self.o_proj(out), present_k, present_v                        # (B, T, D)
 
     def _mix(self, x, probs, past_v, sink_slots=None):

@@ -128,6 +128,8 @@ class Decoder(nn.Module):
             for rank, quant in ((a.key_rank, a.key_quant), (a.value_rank, a.value_quant)):
                 if quant is not None:
                     out.append(torch.zeros(batch, 1, 0, quant.nbytes, dtype=torch.uint8))
+                elif a.cache_scales is not None:
+                    out.append(torch.zeros(batch, a.G, 0, a.d, dtype=torch.int8))
                 else:
                     out.append(torch.zeros(batch, 1 if rank else a.G, 0, rank or a.d, dtype=dtype))
         return out

@@ -47,7 +47,14 @@ def build_attention(hf, cfg: DecoderConfig, i: int, proj: Projectors | None) -> 
         with torch.no_grad():
             attn.query_basis.copy_(per_head[group].float())              # (H, d, r)
     o_b = w["o_b"] if w["o_b"] is not None else torch.zeros(cfg.hidden_size, dtype=torch.float64)
-    if value is None:
+    cache_quant = proj.cache_quant if proj else None
+    rotation = cache_quant.rotation_matrix(cfg.head_dim) if cache_quant else None      # (d, d) or None
+    if value is None and rotation is not None:       # values rotated per KV head: R into v_proj, R^T into o_proj
+        per_kv = torch.block_diag(*[rotation] * cfg.num_kv_heads)                      # (G*d, G*d)
+        per_q = torch.block_diag(*[rotation.T] * cfg.num_heads)                        # (H*d, H*d)
+        _set(attn.v_proj, per_kv @ w["v"], per_kv @ w["v_b"] if w["v_b"] is not None else None)
+        _set(attn.o_proj, w["o"] @ per_q, w["o_b"])
+    elif value is None:
         _set(attn.v_proj, w["v"], w["v_b"])
         _set(attn.o_proj, w["o"], w["o_b"])
     else:
@@ -61,6 +68,8 @@ def build_attention(hf, cfg: DecoderConfig, i: int, proj: Projectors | None) -> 
         absorbed = torch.einsum("Dhd,hdr->Dhr", W_o, per_head).reshape(cfg.hidden_size, -1)   # (D, H*r)
         mean_per_head = mean.view(G, d)[group].reshape(-1)               # (H*d,)
         _set(attn.o_proj, absorbed, o_b + w["o"] @ mean_per_head)
+    if cache_quant:   # the fused op's int8 cache: rotated queries and keys, static per-channel steps
+        attn.use_cache_quant(rotation, cache_quant.key_scales[i], cache_quant.value_scales[i])
     quant = proj.info.get("quant") if proj else None
     if quant:      # a quantized cache: codes of the latents, packed (quant.py)
         attn.key_quant = quantizer_for(key, quant["scales"]["key"], quant["group"])
@@ -114,4 +123,6 @@ def build_decoder(hf, proj: Projectors | None = None) -> Decoder:
         dec.embeddings.table_t.copy_(hf.get_input_embeddings().weight.T)
         if not cfg.tie_embeddings:
             dec.embeddings.head_t.copy_(hf.get_output_embeddings().weight.T)
+    if proj is not None and proj.cache_quant is not None:
+        dec.use_fused_attention()      # an int8 cache exists only inside the fused op: the reference runs it too
     return dec.eval()

@@ -23,6 +23,10 @@ from __future__ import annotations
 
 import torch
 
+from graphs.passes import SCALES_LAST
+
+from ..codec.cache_quant import dequantize, quantize
+
 
 def _rotate(x, cos_cache, sin_cache, start: int):
     """HF rotate-half RoPE of x (B, n, T, s) at positions start..start+T-1 from (P, s/2) tables."""
@@ -33,42 +37,56 @@ def _rotate(x, cos_cache, sin_cache, start: int):
 
 
 def _causal_attention(q, k, v, past_k, past_v, heads: int, kv_heads: int, scale: float, cos_cache=None,
-                      sin_cache=None):
+                      sin_cache=None, k_scale=None, v_scale=None):
     """Eager semantics on the concatenating protocol, no padding. q (B, T, H*s), k/v (B, T, G*s), past (B, G, P, s);
-    with cos/sin tables, q and k are rotated first at positions P..P+T-1."""
+    with cos/sin tables, q and k are rotated first at positions P..P+T-1; with scales (G*s,) the cache holds int8
+    codes of k and v (codec/cache_quant.py), written first and read back dequantized, the new tokens' too."""
     B, T, _ = q.shape
     s = past_k.shape[-1]
     q = q.view(B, T, heads, s).transpose(1, 2)                                  # (B, H, T, s)
     k = k.view(B, T, kv_heads, s).transpose(1, 2)                               # (B, G, T, s)
+    v = v.view(B, T, kv_heads, s).transpose(1, 2)                               # (B, G, T, s)
     if cos_cache is not None:
         q, k = (_rotate(t, cos_cache, sin_cache, past_k.shape[2]) for t in (q, k))
+    if k_scale is not None:
+        ks, vs = k_scale.view(kv_heads, 1, s), v_scale.view(kv_heads, 1, s)
+        k, v = quantize(k, ks), quantize(v, vs)                                 # int8 codes
     present_k = torch.cat([past_k, k], dim=2)                                   # (B, G, S, s)
-    present_v = torch.cat([past_v, v.view(B, T, kv_heads, s).transpose(1, 2)], dim=2)   # (B, G, S, s)
+    present_v = torch.cat([past_v, v], dim=2)                                   # (B, G, S, s)
+    keys, values = present_k, present_v
+    if k_scale is not None:
+        keys, values = dequantize(present_k, ks), dequantize(present_v, vs)
     S = present_k.shape[2]
     rep = heads // kv_heads
-    scores = q @ present_k.repeat_interleave(rep, dim=1).transpose(-1, -2) * scale      # (B, H, T, S)
+    scores = q @ keys.repeat_interleave(rep, dim=1).transpose(-1, -2) * scale           # (B, H, T, S)
     allowed = torch.arange(S)[None, :] <= torch.arange(T)[:, None] + (S - T)            # (T, S)
     probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
-    out = probs @ present_v.repeat_interleave(rep, dim=1)                               # (B, H, T, s)
+    out = probs @ values.repeat_interleave(rep, dim=1)                                  # (B, H, T, s)
     return out.transpose(1, 2).reshape(B, T, heads * s), present_k, present_v
 
 
 class _GroupQueryAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, past_k, past_v, seqlens_k, total_length, cos_cache, sin_cache, position_ids, heads,
-                kv_heads, size, scale):
-        return _causal_attention(q, k, v, past_k, past_v, heads, kv_heads, scale, cos_cache, sin_cache)
+    def forward(ctx, q, k, v, past_k, past_v, seqlens_k, total_length, cos_cache, sin_cache, position_ids, k_scale,
+                v_scale, heads, kv_heads, size, scale):
+        return _causal_attention(q, k, v, past_k, past_v, heads, kv_heads, scale, cos_cache, sin_cache, k_scale,
+                                 v_scale)
 
     @staticmethod
-    def symbolic(g, q, k, v, past_k, past_v, seqlens_k, total_length, cos_cache, sin_cache, position_ids, heads,
-                 kv_heads, size, scale):
+    def symbolic(g, q, k, v, past_k, past_v, seqlens_k, total_length, cos_cache, sin_cache, position_ids, k_scale,
+                 v_scale, heads, kv_heads, size, scale):
         # position_ids go along so the graph keeps the contract's input; the CPU kernel derives the same
         # positions from seqlens_k (no padding), checked in tests/exporter/model/test_fused.py
         rotary = [] if cos_cache is None or cos_cache.node().mustBeNone() else [cos_cache, sin_cache, position_ids]
+        quant = {} if k_scale is None or k_scale.node().mustBeNone() else dict(
+            k_quant_type_s="PER_CHANNEL", v_quant_type_s="PER_CHANNEL", kv_cache_bit_width_i=8)
+        # the scales belong at inputs 12 and 13, after optional inputs the tracer cannot leave empty: they go last
+        # here, and graphs/passes.place_group_query_scales moves them (SCALES_LAST marks the node until then)
+        scales = [k_scale, v_scale] if quant else []
         out, present_k, present_v = g.op("com.microsoft::GroupQueryAttention", q, k, v, past_k, past_v, seqlens_k,
-                                         total_length, *rotary, num_heads_i=heads, kv_num_heads_i=kv_heads,
+                                         total_length, *rotary, *scales, num_heads_i=heads, kv_num_heads_i=kv_heads,
                                          scale_f=scale, do_rotary_i=int(bool(rotary)), rotary_interleaved_i=0,
-                                         outputs=3)
+                                         **quant, **({SCALES_LAST + "_i": 1} if quant else {}), outputs=3)
         # the tracer cannot infer a custom op's output shapes: state them (None = dynamic)
         out.setType(q.type().with_sizes([None, None, heads * size]))
         present_k.setType(past_k.type().with_sizes([None, kv_heads, None, size]))
@@ -76,17 +94,44 @@ class _GroupQueryAttention(torch.autograd.Function):
         return out, present_k, present_v
 
 
+class _RotaryEmbedding(torch.autograd.Function):
+    """onnxruntime's RotaryEmbedding (com.microsoft): one node for RoPE, HF's half-split convention."""
+
+    @staticmethod
+    def forward(ctx, x, position_ids, cos_cache, sin_cache, heads):
+        B, T, _ = x.shape
+        x = x.view(B, T, heads, -1)                                              # (B, T, n, s)
+        half = x.shape[-1] // 2
+        cos = cos_cache[position_ids].repeat(1, 1, 2)[:, :, None]                # (B, T, 1, s)
+        sin = sin_cache[position_ids].repeat(1, 1, 2)[:, :, None]
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return (x * cos + rotated * sin).reshape(B, T, -1)
+
+    @staticmethod
+    def symbolic(g, x, position_ids, cos_cache, sin_cache, heads):
+        out = g.op("com.microsoft::RotaryEmbedding", x, position_ids, cos_cache, sin_cache, interleaved_i=0,
+                   num_heads_i=heads)
+        out.setType(x.type())
+        return out
+
+
+def rotary_embedding(x, position_ids, cos_cache, sin_cache, heads: int):
+    """x (B, T, n*s) rotated at position_ids (B, T) from (P, s/2) tables: one fused node in the graph."""
+    return _RotaryEmbedding.apply(x, position_ids, cos_cache, sin_cache, heads)
+
+
 def group_query_attention(q, k, v, past_k, past_v, lengths, heads: int, kv_heads: int, scale: float,
-                          rotary: tuple | None = None):
+                          rotary: tuple | None = None, cache_scales: tuple | None = None):
     """q (B, T, H*s), k/v (B, T, G*s), past (B, G, P, s), lengths = (seqlens_k (B,) int32, total ()) int32;
     rotary = (cos, sin) tables (max_positions, s/2) and position_ids (B, T) to rotate q and k inside the op,
-    or None.
+    or None; cache_scales = (k_scale, v_scale) (G*s,) for an int8 cache the op quantizes, or None.
     Returns out (B, T, H*s), present_k, present_v (B, G, P+T, s) in eager mode / the buffer's shape in ORT."""
     seqlens_k, total = lengths
     cos_cache, sin_cache, position_ids = rotary if rotary is not None else (None, None, None)
+    k_scale, v_scale = cache_scales if cache_scales is not None else (None, None)
     size = int(past_k.shape[-1])
     return _GroupQueryAttention.apply(q, k, v, past_k, past_v, seqlens_k, total, cos_cache, sin_cache,
-                                      position_ids, heads, kv_heads, size, scale)
+                                      position_ids, k_scale, v_scale, heads, kv_heads, size, scale)
 
 
 def sequence_lengths(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

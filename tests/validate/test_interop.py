@@ -15,17 +15,21 @@ else:
 from validate.interop import compare
 
 
-@pytest.mark.parametrize("arch,k,mode,cache", [
-    ("llama", "full", "pre-rope", "concat"), ("llama", 8, "pre-rope", "concat"), ("llama", 8, "post-rope", "concat"),
-    ("qwen2", 8, "pre-rope", "concat"), ("gpt2", 9, "post-rope", "concat"),
-    ("llama", "full", "pre-rope", "shared-buffer"), ("llama", 8, "post-rope", "shared-buffer")])
-def test_genai_matches_our_runtime(arch, k, mode, cache, tiny_export):
+@pytest.mark.parametrize("arch,k,mode,cache,kv_dtype", [
+    ("llama", "full", "pre-rope", "concat", None), ("llama", 8, "pre-rope", "concat", None),
+    ("llama", 8, "post-rope", "concat", None), ("qwen2", 8, "pre-rope", "concat", None),
+    ("gpt2", 9, "post-rope", "concat", None), ("llama", "full", "pre-rope", "shared-buffer", None),
+    ("llama", 8, "post-rope", "shared-buffer", None), ("llama", "full", "pre-rope", "shared-buffer", "int8"),
+    ("qwen2", "full", "pre-rope", "shared-buffer", "int8")])
+def test_genai_matches_our_runtime(arch, k, mode, cache, kv_dtype, tiny_export):
     """Prefill and 64 decode steps: random tiny models may emit EOS early, so the prompt is the first seed's
     that runs the full 64 tokens in our runtime (genai must then match all 64). Shared-buffer exports: genai
-    binds its own max-length buffer as past and present (past_present_share_buffer), as our runtime does."""
+    binds its own max-length buffer as past and present (past_present_share_buffer), as our runtime does; int8
+    caches (KV_DTYPE=int8): genai takes the cache type from the graph and concatenates."""
+    kw = {"kv_dtype": kv_dtype} if kv_dtype else {}
     for seed in range(20):
         prompt = np.random.default_rng(seed).integers(3, 300, 30).tolist()
-        theirs, ours = compare(tiny_export(arch, k, mode, cache=cache), prompt, 64)
+        theirs, ours = compare(tiny_export(arch, k, mode, cache=cache, **kw), prompt, 64)
         assert theirs == ours
         if len(ours) == 64:
             return

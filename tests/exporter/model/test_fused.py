@@ -9,18 +9,13 @@ import torch
 from exporter.errors import UserError
 from graphs.metadata import load_metadata
 from runtime import Generator
-from tests.helpers import load_ref, reference_greedy
+from tests.helpers import equal_prompts, load_ref, reference_greedy
 from validate.ort_model import OrtModel
 from validate.parity import check_parity
 from validate.tolerances import within
 
 CASES = [("llama", "full", "pre-rope"), ("llama", 8, "post-rope"), ("qwen2", 8, "post-rope"),
          ("mistral", "full", "pre-rope"), ("gpt2", "full", "post-rope"), ("gpt2", 8, "post-rope")]
-
-
-def equal_prompts(sink: int, n: int = 2, length: int = 33, seed: int = 0) -> list[list[int]]:
-    rng = np.random.default_rng(seed)
-    return [[sink] + rng.integers(3, 250, length - 1).tolist() for _ in range(n)]
 
 
 @pytest.mark.parametrize("arch,k,mode", CASES)
@@ -99,3 +94,18 @@ def test_fused_decoder_in_pytorch_equals_the_reference(arch, k, mode, tiny_expor
         want2 = ref(step, torch.ones(2, 13, dtype=torch.long), torch.full((2, 1), 12), *want[1:])
         got2 = fused(step, torch.ones(2, 13, dtype=torch.long), torch.full((2, 1), 12), *got[1:])
         assert within((got2[0] - want2[0]).abs().max().item(), want2[0].abs().max().item())
+
+
+def test_a_batch_is_prefilled_row_by_row_in_chunks_into_one_buffer(tiny_export):
+    """A CPU shared buffer takes a batch one sequence at a time (each row bound as a view of the one buffer), in
+    chunks the fused op takes at batch 1 only; the batch then decodes together: the reference's tokens."""
+    export = tiny_export("llama", "full", "pre-rope", cache="shared-buffer")
+    _, _, ref, meta = load_ref(export)
+    prompts = equal_prompts(meta.sink["token_id"], n=3, length=21, seed=2)
+    gen = Generator(export, provider="cpu", prefill_chunk=5)
+    batches = []
+    original = gen.step.__call__
+    gen.step = lambda ids, mask, cache: batches.append(ids.shape) or original(ids, mask, cache)
+    got = gen.generate([p[1:] for p in prompts], max_new_tokens=8, stop_token_ids=[])
+    assert got.tokens == [reference_greedy(ref, p, 8) for p in prompts]
+    assert batches == [(1, 5), (1, 5), (1, 5), (1, 5), (1, 1)] * 3 + [(3, 1)] * 7   # 21 = 4 x 5 + 1 per row
