@@ -58,7 +58,7 @@ class KVCache:
     @classmethod
     def buffer(cls, layout: CacheLayout, batch: int, device: Device, capacity: int) -> "KVCache":
         """A shared-buffer cache: every tensor (B, kv_heads, capacity, head_size), allocated once (on the CPU in
-        numpy arrays the OrtValues wrap, so that rows() can hand out one sequence's rows)."""
+        numpy arrays the OrtValues wrap, so that row() can hand out one sequence's rows)."""
         if device.type != "cpu":
             return cls(layout, device, _allocate(layout, batch, device, capacity), shared=True)
         host = _host_buffers(layout, batch, capacity)
