@@ -20,7 +20,7 @@ from graphs.metadata import MODEL_FILE, TOKENIZER_FILE, ExportError, load_metada
 from .cache import KVCache
 from .detokenize import IncrementalDetokenizer
 from .forward import DecoderStep, check_io
-from .prompts import encode_prompts, left_pad
+from .prompts import encode_prompts, left_pad, right_pad
 from .result import GenerationResult, Timings
 from .sampling import sample
 from .session import open_session
@@ -117,15 +117,21 @@ class Generator:
         return set(self.metadata.eos_token_ids if stop_token_ids is None else stop_token_ids)
 
     def new_cache(self, sequences: list[list[int]], max_new_tokens: int) -> KVCache:
-        """The cache protocol the export was made for: growing (concat) or one buffer of prompt +
-        max_new_tokens tokens written in place (shared-buffer, which cannot take left-padded batches)."""
+        """The cache protocol the export was made for: growing (concat) or one buffer of the longest prompt +
+        max_new_tokens tokens written in place (shared-buffer: prompts of different lengths only on the CPU,
+        where each is prefilled into its own rows; the fused op knows no left padding)."""
         if self.metadata.cache_update != "shared-buffer":
             return KVCache.empty(self.metadata.layout, len(sequences), self.device)
-        if len({len(s) for s in sequences}) > 1:
-            raise ValueError("this shared-buffer export takes prompts of one length (its fused attention "
+        if len({len(s) for s in sequences}) > 1 and self.device.type != "cpu":
+            raise ValueError("this shared-buffer export takes prompts of one length on a GPU (its fused attention "
                              "knows no left padding): generate them one at a time, or use a concat export")
         return KVCache.buffer(self.metadata.layout, len(sequences), self.device,
-                              len(sequences[0]) + max_new_tokens)
+                              max(len(s) for s in sequences) + max_new_tokens)
+
+    def pad(self, sequences: list[list[int]], cache: KVCache) -> tuple[np.ndarray, np.ndarray]:
+        """The prompt batch as the cache holds it: right-padded in a shared buffer (each sequence from slot 0,
+        its length in the mask), left-padded in a concat cache."""
+        return (right_pad if cache.shared else left_pad)(sequences, self.metadata.pad_token_id)
 
     def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache) -> np.ndarray:
         """Feed the prompt batch (B, L) in chunks of prefill_chunk tokens; the last position's logits (B, V).
@@ -133,8 +139,9 @@ class Generator:
         first at batch 1 only), each row of the buffer bound as a view: chunked, so the prefill's transients
         stay those of one chunk of one sequence."""
         if cache.shared and input_ids.shape[0] > 1 and cache.host is not None:
-            rows = [self.prefill(input_ids[r:r + 1], attention_mask[r:r + 1], cache.row(r))
-                    for r in range(input_ids.shape[0])]
+            lengths = attention_mask.sum(axis=1)                                         # (B,) right-padded
+            rows = [self.prefill(input_ids[r:r + 1, :n], attention_mask[r:r + 1, :n], cache.row(r))
+                    for r, n in enumerate(lengths)]
             cache.advance({}, input_ids.shape[1])
             return np.concatenate(rows)                                                  # (B, V)
         chunk = self.prefill_chunk or input_ids.shape[1]
@@ -159,10 +166,10 @@ class Generator:
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         sequences = self.encode(prompts, chat)
-        input_ids, attention_mask = left_pad(sequences, self.metadata.pad_token_id)   # (B, L), (B, L)
         progress = _Progress(self.tokenizer, sequences, self.stop_ids(stop_token_ids), on_token)
         rng = np.random.default_rng(seed)
         cache = self.new_cache(sequences, max_new_tokens)
+        input_ids, attention_mask = self.pad(sequences, cache)                         # (B, L), (B, L)
 
         start = time.perf_counter()
         logits = self.prefill(input_ids, attention_mask, cache)                        # (B, V)

@@ -43,6 +43,18 @@ def encode_prompts(prompts: list, tokenizer: Tokenizer, metadata: ExportMetadata
     return sequences
 
 
+def right_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded input_ids and attention_mask, both (B, L): what a shared buffer holds, each sequence from
+    slot 0 (the fused op reads the first sum(mask) slots of a row)."""
+    width = max(len(s) for s in sequences)
+    input_ids = np.full((len(sequences), width), pad_token_id, dtype=np.int64)   # (B, L)
+    attention_mask = np.zeros((len(sequences), width), dtype=np.int64)          # (B, L)
+    for row, seq in enumerate(sequences):
+        input_ids[row, :len(seq)] = seq
+        attention_mask[row, :len(seq)] = 1
+    return input_ids, attention_mask
+
+
 def left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Left-padded input_ids and attention_mask, both (B, L) int64, L the longest sequence."""
     width = max(len(s) for s in sequences)

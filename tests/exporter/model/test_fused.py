@@ -59,9 +59,11 @@ def test_shared_buffer_refusals_name_the_fix(tiny_export):
         tiny_export("gpt2", 9, "post-rope", cache="shared-buffer")
     with pytest.raises(UserError, match="K_KEY == K_VALUE"):
         tiny_export("llama", 8, "post-rope", cache="shared-buffer", k_value="full")
-    export = tiny_export("llama", "full", "pre-rope", cache="shared-buffer")
-    with pytest.raises(ValueError, match="prompts of one length"):
-        Generator(export, provider="cpu").generate([[5, 6, 7], [5]], max_new_tokens=2)
+    from runtime.session import Device
+    gen = Generator(tiny_export("llama", "full", "pre-rope", cache="shared-buffer"), provider="cpu")
+    gen.device = Device("cuda")                 # device buffers cannot be bound row by row: one length there
+    with pytest.raises(ValueError, match="prompts of one length on a GPU"):
+        gen.new_cache([[5, 6, 7], [5]], 2)
 
 
 def test_buffer_bytes_are_the_estimate_and_do_not_grow(tiny_export):
@@ -109,3 +111,16 @@ def test_a_batch_is_prefilled_row_by_row_in_chunks_into_one_buffer(tiny_export):
     got = gen.generate([p[1:] for p in prompts], max_new_tokens=8, stop_token_ids=[])
     assert got.tokens == [reference_greedy(ref, p, 8) for p in prompts]
     assert batches == [(1, 5), (1, 5), (1, 5), (1, 5), (1, 1)] * 3 + [(3, 1)] * 7   # 21 = 4 x 5 + 1 per row
+
+
+@pytest.mark.parametrize("kw", [{}, {"kv_dtype": "int8"}])
+def test_prompts_of_different_lengths_share_one_buffer(kw, tiny_export):
+    """Each prompt is prefilled into its own rows from slot 0 (right-padded mask), then the batch decodes
+    together, each row at its own length: every sequence gets the tokens it gets alone."""
+    export = tiny_export("llama", "full", "pre-rope", cache="shared-buffer", **kw)
+    _, _, ref, meta = load_ref(export)
+    sink = meta.sink["token_id"]
+    prompts = [equal_prompts(sink, n=1, length=n, seed=n)[0] for n in (23, 9, 16)]
+    got = Generator(export, provider="cpu", prefill_chunk=5).generate([p[1:] for p in prompts], max_new_tokens=10,
+                                                                      stop_token_ids=[])
+    assert got.tokens == [reference_greedy(ref, p, 10) for p in prompts]
