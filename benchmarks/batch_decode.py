@@ -1,6 +1,6 @@
 """Decode throughput where the cache dominates: a batch x context grid, our exports and onnxruntime-genai's model.
 
-    python -m benchmarks.batch_decode --grid 1x128,8x1024,8x4096 [--new-tokens 64] [--runs 1]
+    python -m benchmarks.batch_decode [--grid 8x4096,8x1024,1x4096,1x128] [--new-tokens 64] [--runs 1]
         [--ours build/<export>,...] [--genai build/bench/genai-smollm2-135m-fp32-cpu]
 
 Each cell is a fresh process per runtime: B prompts of N tokens each (B consecutive slices of WikiText-2 test,
@@ -103,7 +103,7 @@ def agreement(tokens: list[list[int]], reference: list[list[int]]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.batch_decode", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--grid", default="1x128,8x1024,8x4096", help="BATCHxCONTEXT cells, comma-separated")
+    p.add_argument("--grid", default="8x4096,8x1024,1x4096,1x128", help="BATCHxCONTEXT cells, comma-separated")
     p.add_argument("--ours", default="build/smollm2-135m-kfull,build/smollm2-135m-kfull-shared,"
                                      "build/smollm2-135m-kfull-shared-kvint8",
                    help="our export directories; the first is the reference for greedy agreement")
