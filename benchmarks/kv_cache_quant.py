@@ -19,7 +19,7 @@ import time
 import torch
 
 from exporter.calib.text import token_windows
-from exporter.codec.cache_quant import rotation_matrix
+from exporter.codec.cache_quant import code_range, dequantize, fit_scales, quantize, rotation_matrix
 from exporter.eval.perplexity import nll, perplexity
 from exporter.job.job import ExportJob
 from exporter.options import DEFAULT_EVAL, ExportOptions
@@ -27,31 +27,18 @@ from exporter.options import DEFAULT_EVAL, ExportOptions
 
 def codes(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
     """Quantize-dequantize with the op's arithmetic at `bits` (scale broadcasts against x)."""
-    hi = 2 ** (bits - 1) - 1
-    return torch.clamp(torch.round(x.float() * (1.0 / scale)), -hi - 1, hi) * scale
+    return dequantize(quantize(x.float(), scale, bits), scale)
 
 
 def static_scale(z: torch.Tensor, bits: int, fit: str) -> torch.Tensor:
     """Per channel of samples z (N, C): absmax / qmax, or the multiple of it with the least squared error."""
-    hi = 2 ** (bits - 1) - 1
-    amax = z.abs().amax(0).clamp_min(1e-8)
-    if fit == "absmax":
-        return amax / hi
-    best, scale = None, None
-    for m in torch.linspace(0.3, 1.0, 36):
-        s = amax * m / hi
-        err = (codes(z, s, bits) - z).pow(2).mean(0)
-        better = err < best if best is not None else torch.ones_like(err, dtype=torch.bool)
-        best = err if best is None else torch.where(better, err, best)
-        scale = s if scale is None else torch.where(better, s, scale)
-    return scale
+    return fit_scales(z, bits, torch.ones(1) if fit == "absmax" else None)
 
 
 def token_codes(x: torch.Tensor, bits: int, group: int) -> torch.Tensor:
     """A symmetric absmax scale per token and group of channels (what a static-scale op cannot hold)."""
-    hi = 2 ** (bits - 1) - 1
     g = x.float().reshape(*x.shape[:-1], x.shape[-1] // group, group)
-    return codes(g, (g.abs().amax(-1, keepdim=True) / hi).clamp_min(1e-8), bits).reshape(x.shape)
+    return codes(g, (g.abs().amax(-1, keepdim=True) / code_range(bits)[1]).clamp_min(1e-8), bits).reshape(x.shape)
 
 
 def rotation(kind: str, cov: torch.Tensor, G: int, d: int) -> torch.Tensor:

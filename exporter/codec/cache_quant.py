@@ -21,7 +21,11 @@ from dataclasses import dataclass
 import torch
 
 ROTATIONS = ("hadamard", "none")
-CODE_RANGE = (-128, 127)
+
+
+def code_range(bits: int = 8) -> tuple[int, int]:
+    """The signed codes of `bits` bits: (-128, 127) for the op's int8 cache (4 bits: (-8, 7))."""
+    return -2 ** (bits - 1), 2 ** (bits - 1) - 1
 
 
 @dataclass
@@ -49,9 +53,10 @@ def rotation_matrix(d: int, kind: str = "hadamard") -> torch.Tensor:
     return q * torch.sign(torch.diagonal(r))[None, :]
 
 
-def quantize(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x (..., C) float32 -> int8 codes with onnxruntime's arithmetic (reciprocal multiply, round half to even)."""
-    lo, hi = CODE_RANGE
+def quantize(x: torch.Tensor, scale: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """x (..., C) float32 -> int8 codes with onnxruntime's arithmetic (reciprocal multiply, round half to even,
+    saturate to `bits` bits)."""
+    lo, hi = code_range(bits)
     return torch.clamp(torch.round(x * (1.0 / scale)), lo, hi).to(torch.int8)
 
 
@@ -59,16 +64,17 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return codes.to(torch.float32) * scale
 
 
-def fit_scales(x: torch.Tensor, multipliers: torch.Tensor | None = None) -> torch.Tensor:
-    """Per channel of samples x (N, C), the scale among multiples of absmax / 127 with the least squared error
-    after quantizing (a little clipping of the rarest values buys a finer step for all others)."""
+def fit_scales(x: torch.Tensor, bits: int = 8, multipliers: torch.Tensor | None = None) -> torch.Tensor:
+    """Per channel of samples x (N, C), the scale among multiples of absmax / qmax with the least squared error
+    after quantizing (a little clipping of the rarest values buys a finer step for all others); multipliers
+    [1.0]: absmax alone."""
     x = x.float()
     amax = x.abs().amax(0).clamp_min(1e-8)                                           # (C,)
     multipliers = torch.linspace(0.3, 1.0, 36) if multipliers is None else multipliers
     best, scale = None, None
     for m in multipliers:
-        s = amax * m / CODE_RANGE[1]
-        err = (dequantize(quantize(x, s), s) - x).pow(2).mean(0)                     # (C,)
+        s = amax * m / code_range(bits)[1]
+        err = (dequantize(quantize(x, s, bits), s) - x).pow(2).mean(0)               # (C,)
         if best is None:
             best, scale = err, s
         else:

@@ -26,14 +26,13 @@ import torch
 from graphs.passes import SCALES_LAST
 
 from ..codec.cache_quant import dequantize, quantize
+from .rope import apply_rope
 
 
 def _rotate(x, cos_cache, sin_cache, start: int):
     """HF rotate-half RoPE of x (B, n, T, s) at positions start..start+T-1 from (P, s/2) tables."""
-    T, half = x.shape[2], x.shape[-1] // 2
-    cos = cos_cache[start:start + T].repeat(1, 2)                               # (T, s)
-    sin = sin_cache[start:start + T].repeat(1, 2)                               # (T, s)
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+    T = x.shape[2]
+    return apply_rope(x, cos_cache[start:start + T].repeat(1, 2), sin_cache[start:start + T].repeat(1, 2))
 
 
 def _causal_attention(q, k, v, past_k, past_v, heads: int, kv_heads: int, scale: float, cos_cache=None,
@@ -101,11 +100,9 @@ class _RotaryEmbedding(torch.autograd.Function):
     def forward(ctx, x, position_ids, cos_cache, sin_cache, heads):
         B, T, _ = x.shape
         x = x.view(B, T, heads, -1)                                              # (B, T, n, s)
-        half = x.shape[-1] // 2
         cos = cos_cache[position_ids].repeat(1, 1, 2)[:, :, None]                # (B, T, 1, s)
         sin = sin_cache[position_ids].repeat(1, 1, 2)[:, :, None]
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return (x * cos + rotated * sin).reshape(B, T, -1)
+        return apply_rope(x, cos, sin).reshape(B, T, -1)
 
     @staticmethod
     def symbolic(g, x, position_ids, cos_cache, sin_cache, heads):

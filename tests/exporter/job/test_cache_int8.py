@@ -86,7 +86,7 @@ def test_the_reference_quantizes_what_the_graph_quantizes(tiny_export):
                                         OrtModel(export, meta).empty_past(1))
     for a, b in zip(out[1:], present):
         assert a.dtype == torch.int8 and b.dtype == np.int8
-        assert (a.numpy().astype(int) - b.astype(int)).__abs__().max() <= 1
+        assert np.abs(a.numpy().astype(int) - b.astype(int)).max() <= 1
 
 
 def test_make_export_alone_builds_the_int8_default_and_any_shaping_flag_turns_it_off():
