@@ -4,7 +4,7 @@ The command line of exporter/job/run.py:run_export; every flag is a field of exp
 --k, --k-key, --k-value, --cache, --kv-dtype, --method, --projectors (and no --quant, --dtype float16) it builds
 the default export: K=full, an int8 cache that onnxruntime's fused attention writes and reads (options.DEFAULT_EXPORT).
 
-Entry point: `main(argv)`; every flag is a field of exporter/options.py.
+Entry point: `main(argv)`; every flag is a field of exporter/options.py (`options_from(args)`).
 """
 from __future__ import annotations
 
@@ -88,7 +88,19 @@ def main(argv=None) -> int:
                    help="spectral bits: weigh each tensor by its KL per unit of error, probed one tensor at a time on "
                         "calibration text (measured), or not (none)")
     p.add_argument("--trust-remote-code", action="store_true")
-    a = p.parse_args(argv)
+    return cli_exit(export, p.parse_args(argv))
+
+
+def export(a: argparse.Namespace) -> None:
+    """Check the flags, then run the export (a bad flag is a UserError before torch is imported)."""
+    opts = options_from(a)
+    from .job.run import run_export     # torch and the model code load only when there is work to do
+    run_export(opts)
+
+
+def options_from(a: argparse.Namespace) -> ExportOptions:
+    """The ExportOptions the flags ask for: the default export unless one of SHAPING was given."""
+    d = ExportOptions()
     key_scales, _, value_scales = a.quant_scales.partition(",")
     given = {name for name in SHAPING if getattr(a, name, None) is not None}
     opts = ExportOptions(model=a.model or None, k=a.k or d.k, k_key=a.k_key or None, k_value=a.k_value or None,
@@ -106,9 +118,7 @@ def main(argv=None) -> int:
                          quant=QuantOptions(allocation=a.quant, ratio=a.quant_ratio, key_scales=key_scales,
                                             value_scales=value_scales or key_scales, group=a.quant_group,
                                             weights=a.quant_weights, sensitivity=a.quant_sensitivity))
-    opts = with_default_export(opts, given)
-    from .job.run import run_export     # torch and the model code load only when there is work to do
-    return cli_exit(run_export, opts)
+    return with_default_export(opts, given)
 
 
 if __name__ == "__main__":

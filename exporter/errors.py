@@ -9,11 +9,15 @@ class UserError(ValueError):
 
 
 def cli_exit(job, *args) -> int:
-    """Run a CLI's job: a UserError becomes one line on stderr and exit status 2; success is 0."""
+    """Run a CLI's job: a UserError becomes one line on stderr and exit status 2; Ctrl-C one line and 130 (the
+    job's own cleanup has run by then: an export leaves nothing half-written); success is 0."""
     import sys
     try:
         job(*args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0

@@ -1,6 +1,8 @@
 """export.json: what the runtime and validator need to know about an export, beside model.onnx.
 
 Everything a consumer needs without torch: the cache layout, the sink prefix, stop tokens, the chat wrapper.
+Reading it (`load_metadata`) refuses a file that is incomplete, malformed, or whose ranks disagree with its
+layout (an export edited by hand), with a one-line ExportError naming the fix.
 """
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass, field, asdict
 
-from .contract import CacheLayout, kv_bytes_per_token
+from .contract import CODE_DTYPES, CacheLayout, kv_bytes_per_token
 
 METADATA_FILE = "export.json"
 MODEL_FILE = "model.onnx"
@@ -50,16 +52,45 @@ class ExportMetadata:
 
     @classmethod
     def from_json(cls, d: dict) -> "ExportMetadata":
-        if d.get("format") != FORMAT:
-            raise ExportError(f"export.json has format {d.get('format')!r}, expected {FORMAT!r}: re-export the model")
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            found = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise ExportError(f"export.json has format {found!r}, expected {FORMAT!r}: re-export the model")
         d = {k: v for k, v in d.items() if k not in ("format", "kv_bytes_per_token")}
-        d["layout"] = CacheLayout.from_json(d["layout"])
-        return cls(**d)
+        try:
+            d["layout"] = CacheLayout.from_json(d["layout"])
+            meta = cls(**d)
+        except KeyError as e:
+            raise ExportError(f"export.json lacks {e}: re-export the model with `make export`") from None
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ExportError(f"export.json is malformed ({e}): re-export the model with `make export`") from None
+        check_ranks(meta)
+        return meta
 
     def save(self, directory: str) -> None:
         with open(os.path.join(directory, METADATA_FILE), "w") as f:
             json.dump(self.to_json(), f, indent=1, sort_keys=True)
             f.write("\n")
+
+
+def check_ranks(meta: ExportMetadata) -> None:
+    """export.json's ranks agree with its cache layout: a float tensor of rank r is [batch, 1, seq, r], an
+    uncompressed one (rank None) has the model's KV heads and head_dim; packed codes (QUANT, KV_DTYPE) are bytes
+    and are not compared. Raises ExportError naming the first disagreement (an export edited by hand)."""
+    model = meta.model if isinstance(meta.model, dict) else {}
+    full = (model.get("num_kv_heads"), model.get("head_dim"))
+    for kind, shapes in (("key", meta.layout.keys), ("value", meta.layout.values)):
+        ranks = meta.ranks.get(kind) if isinstance(meta.ranks, dict) else None
+        if not isinstance(ranks, list) or len(ranks) != len(shapes):
+            raise ExportError(f"export.json has {kind} ranks {ranks!r} for {len(shapes)} layers: the export was "
+                              "edited by hand, re-export it with `make export`")
+        for layer, (rank, shape) in enumerate(zip(ranks, shapes)):
+            if shape.dtype in CODE_DTYPES:
+                continue
+            want = (1, rank) if rank is not None else full
+            if None not in want and (shape.kv_heads, shape.head_size) != want:
+                raise ExportError(f"export.json gives layer {layer}'s {kind}s rank {rank or 'full'} but a cache of "
+                                  f"{shape.kv_heads} x {shape.head_size}: the export was edited by hand, re-export "
+                                  "it with `make export`")
 
 
 def load_metadata(directory: str) -> ExportMetadata:

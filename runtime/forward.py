@@ -17,6 +17,9 @@ from .cache import KVCache
 from .session import Device
 
 
+ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "uint8": "tensor(uint8)", "int8": "tensor(int8)"}
+
+
 def position_ids(attention_mask: np.ndarray, new_tokens: int) -> np.ndarray:
     """Positions of the last `new_tokens` columns: clip(cumsum(mask) - 1, 0), the HF convention.
 
@@ -98,12 +101,25 @@ class DecoderStep:
 
 
 def check_io(session: ort.InferenceSession, layout: CacheLayout) -> None:
-    """The session's inputs and outputs are those the contract and export.json's layout name."""
+    """The session's inputs and outputs are those the contract and export.json's layout name, each cache input of
+    the kv_heads, head_size and element type the layout gives it."""
     inputs = {i.name for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
     want_in = {INPUT_IDS, ATTENTION_MASK, POSITION_IDS} | {past for _, _, past, _ in layout.names()}
     want_out = {LOGITS} | {present for _, _, _, present in layout.names()}
+    extra = sorted(n for n in inputs - want_in if n.startswith("past_key_values."))
+    if extra:
+        raise ExportError(f"model.onnx has {len(extra)} cache input(s) export.json does not describe ({extra[0]}"
+                          f"{', ...' if len(extra) > 1 else ''}): model and metadata disagree, run `make export` again")
     missing = sorted(want_in - inputs) + sorted(want_out - outputs)
     if missing:
         raise ExportError(f"model.onnx lacks {', '.join(missing)} that export.json promises: "
                           "model and metadata disagree, run `make export` again")
+    graph = {i.name: i for i in session.get_inputs()}
+    for layer, kind, past, _ in layout.names():
+        want, arg = layout.shape(layer, kind), graph[past]
+        heads, size = (arg.shape[1], arg.shape[3]) if len(arg.shape) == 4 else (None, None)
+        if (heads, size) != (want.kv_heads, want.head_size) or arg.type != ORT_TYPES[layout.dtype_of(want)]:
+            raise ExportError(f"model.onnx takes {past} as {arg.type} [batch, {heads}, seq, {size}] but export.json "
+                              f"says {layout.dtype_of(want)} [batch, {want.kv_heads}, seq, {want.head_size}]: model "
+                              "and metadata disagree, run `make export` again")

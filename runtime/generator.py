@@ -38,7 +38,11 @@ def load_tokenizer(export_dir: str) -> Tokenizer:
     if not os.path.isfile(path):
         raise ExportError(f"{export_dir} has no {TOKENIZER_FILE}: it is not a complete export, "
                           "run `make export` again")
-    return Tokenizer.from_file(path)
+    try:
+        return Tokenizer.from_file(path)
+    except Exception as e:      # tokenizers raises plain Exceptions for unreadable or malformed files
+        raise ExportError(f"{path} cannot be read ({e}): the file is truncated or damaged, "
+                          "re-export it with `make export`") from None
 
 
 class _Progress:
@@ -112,6 +116,18 @@ class Generator:
         """Token ids the model will see for each prompt, sink first (see prompts.encode_prompts)."""
         return encode_prompts(prompts, self.tokenizer, self.metadata, chat)
 
+    def fit_positions(self, sequences: list[list[int]], max_new_tokens: int) -> int:
+        """max_new_tokens, cut where the model's positions end (GPT-2's learned positions index a table); a prompt
+        longer than the positions is refused."""
+        limit = self.metadata.model.get("max_positions")
+        longest = max(len(s) for s in sequences)
+        if not limit:
+            return max_new_tokens
+        if longest > limit:
+            raise ValueError(f"the prompt is {longest} tokens (sink included) but the model has {limit} positions: "
+                             "shorten the prompt")
+        return min(max_new_tokens, limit - longest + 1)   # the last sampled token is never fed back
+
     def stop_ids(self, stop_token_ids: list[int] | None) -> set[int]:
         """The stop set: the export's eos tokens by default; an explicit list replaces it ([] never stops)."""
         return set(self.metadata.eos_token_ids if stop_token_ids is None else stop_token_ids)
@@ -166,6 +182,7 @@ class Generator:
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         sequences = self.encode(prompts, chat)
+        max_new_tokens = self.fit_positions(sequences, max_new_tokens)
         progress = _Progress(self.tokenizer, sequences, self.stop_ids(stop_token_ids), on_token)
         rng = np.random.default_rng(seed)
         cache = self.new_cache(sequences, max_new_tokens)

@@ -15,6 +15,16 @@ def wrap_chat(prompt: str, chat: dict | None) -> str:
     return chat["prefix"] + prompt + chat["suffix"]
 
 
+def check_utf8(prompt: str) -> None:
+    """Refuse text that cannot be encoded as UTF-8: argv bytes that were not UTF-8 arrive as lone surrogates."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        char = ord(prompt[e.start])
+        what = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"character U+{char:04X}"
+        raise ValueError(f"the prompt is not UTF-8 text ({what} at character {e.start}): pass it as UTF-8") from None
+
+
 def sink_prefix(metadata: ExportMetadata) -> list[int]:
     """The tokens every sequence starts with: [sink token id], or [] when the export has none."""
     token_id = metadata.sink.get("token_id") if metadata.sink else None
@@ -31,6 +41,7 @@ def encode_prompts(prompts: list, tokenizer: Tokenizer, metadata: ExportMetadata
     sequences = []
     for prompt in prompts:
         if isinstance(prompt, str):
+            check_utf8(prompt)
             text = wrap_chat(prompt, metadata.chat) if chat else prompt
             ids = tokenizer.encode(text, add_special_tokens=False).ids
         elif chat:

@@ -5,9 +5,13 @@ OrtValues on the CUDA provider. The rest of the runtime asks `Device` and never 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+from graphs.metadata import ExportError
 
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -18,6 +22,17 @@ OPTIMIZATION_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+
+
+# what onnxruntime raises for a model file (or its external data) it cannot parse or read
+MODEL_LOAD_ERRORS = (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.NoSuchFile, ort_errors.Fail)
+
+
+def first_line(error: Exception) -> str:
+    """An onnxruntime error's message, first line only, without its '[ONNXRuntimeError] : 7 : NAME : Load model
+    from <path> failed:' prefix."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return re.sub(r"^Load model from .* failed:", "", text.rsplit(" : ", 1)[-1]).strip()
 
 
 class ProviderError(RuntimeError):
@@ -80,8 +95,12 @@ def open_session(model_path: str, provider: str | None = None, optimization: str
     providers = _provider_list(provider, device_id)
     if providers[0] != CPU_PROVIDER:
         _preload_cuda_libraries()
-    session = ort.InferenceSession(model_path, sess_options=session_options(optimization, intra_op_threads),
-                                   providers=providers)
+    try:
+        session = ort.InferenceSession(model_path, sess_options=session_options(optimization, intra_op_threads),
+                                       providers=providers)
+    except MODEL_LOAD_ERRORS as e:
+        raise ExportError(f"onnxruntime cannot load {model_path} ({first_line(e)}): the file is truncated or "
+                          "damaged, re-export it with `make export`") from None
     on_cuda = CUDA_PROVIDER in session.get_providers()
     if provider == "cuda" and not on_cuda:
         raise ProviderError("provider 'cuda' was requested but no GPU could be used (check the driver, "

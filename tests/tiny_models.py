@@ -37,6 +37,11 @@ def config(arch: str):
                   rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False)
     if arch == "llama":
         return LlamaConfig(**common, rope_theta=10000.0)
+    if arch == "llama3":    # Llama 3.2's quirks: llama3 RoPE scaling (prompts + decode pass its original
+        # 64 positions, so the rescaled low frequencies matter) and embeddings tied to the LM head
+        return LlamaConfig(**{**common, "tie_word_embeddings": True}, rope_parameters={
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
     if arch == "qwen2":
         return Qwen2Config(**common, rope_theta=10000.0, use_sliding_window=False)
     if arch == "mistral":
@@ -47,7 +52,7 @@ def config(arch: str):
     raise ValueError(arch)
 
 
-ARCHS = ("llama", "qwen2", "mistral", "gpt2")
+ARCHS = ("llama", "llama3", "qwen2", "mistral", "gpt2")
 
 
 def make(arch: str, path: str, seed: int = 0, **overrides) -> str:

@@ -13,7 +13,8 @@ from exporter.eval.perplexity import measure
 from exporter.options import DEFAULT_EVAL
 from exporter.quant.rate_distortion import rate_distortion_table
 from graphs.contract import CacheLayout, CacheShape, kv_bytes_per_token
-from graphs.metadata import ExportError, load_metadata
+from graphs.metadata import ExportError, ExportMetadata, load_metadata
+from .export_files import check_export_files
 from .kv_bytes import measured_bytes_per_token
 from .ort_model import OrtModel
 from .parity import check_parity, hf_original, parity_prompts
@@ -26,6 +27,20 @@ def ranks_summary(ranks: list) -> str:
     """One value when every layer has it, else every layer's in order."""
     shown = ["full" if r is None else str(r) for r in ranks]
     return shown[0] if len(set(shown)) == 1 else ",".join(shown)
+
+
+def check_arguments(a: argparse.Namespace, meta: ExportMetadata) -> None:
+    """What the arguments ask of this export is possible: parity prompts within the model's positions, a text file
+    to draw them (and the perplexity windows) from."""
+    positions = meta.model.get("max_positions")
+    if a.prefill < 2 or a.decode < 0:
+        raise UserError(f"--prefill {a.prefill} --decode {a.decode}: parity needs a prompt of at least 2 tokens and "
+                        "0 or more decode steps")
+    if positions and a.prefill + a.decode + 1 > positions:
+        raise UserError(f"--prefill {a.prefill} + --decode {a.decode} tokens and the sink exceed the model's "
+                        f"{positions} positions: lower --prefill or --decode")
+    if not os.path.isfile(a.eval):
+        raise UserError(f"no text file at {a.eval}: pass --eval /path/to/text.txt (any UTF-8 text)")
 
 
 def main(argv=None) -> int:
@@ -45,8 +60,10 @@ def main(argv=None) -> int:
     try:
         export = os.path.realpath(a.export)
         meta = load_metadata(export)
-        hf, tok, reference = load_references(export, meta)
+        check_arguments(a, meta)
+        check_export_files(export, meta)
         ort_model = OrtModel(export, meta)
+        hf, tok, reference = load_references(export, meta)
         sink = meta.sink.get("token_id")
         prompts = parity_prompts(tok, sink, a.prefill, a.eval, padded=meta.cache_update != "shared-buffer")
         parity = check_parity(reference, ort_model, prompts, meta.pad_token_id, a.decode, original=hf_original(hf))

@@ -6,21 +6,21 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from graphs import contract as C
 from graphs.metadata import MODEL_FILE, ExportMetadata
 from runtime.cache import NUMPY_DTYPES
+from runtime.forward import check_io
+from runtime.session import open_session
 
 
 class OrtModel:
     def __init__(self, export_dir: str, meta: ExportMetadata, threads: int = 0):
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(os.path.join(export_dir, MODEL_FILE), opts,
-                                            providers=["CPUExecutionProvider"])
+        """A CPU session of the export's model.onnx; a file onnxruntime cannot load, or whose inputs disagree with
+        export.json, is refused with an ExportError (runtime/session.py, runtime/forward.py)."""
+        self.session, _ = open_session(os.path.join(export_dir, MODEL_FILE), "cpu", "all", threads)
+        check_io(self.session, meta.layout)
         self.layout = meta.layout
 
     def empty_past(self, batch: int) -> list[np.ndarray]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, asdict
 import numpy as np
 import torch
 
+from exporter.calib.text import read_text
 from runtime.forward import position_ids
 from runtime.prompts import left_pad
 
@@ -46,7 +47,7 @@ def parity_prompts(tokenizer, sink: int | None, length: int, eval_file: str,
                    padded: bool = True) -> list[list[int]]:
     """Two prompts from the text (not the scored windows' order), the second shorter so the batch is padded;
     padded=False gives two of one length (shared-buffer exports take no left padding)."""
-    ids = tokenizer(open(eval_file, encoding="utf-8").read()[:200_000], add_special_tokens=False)["input_ids"]
+    ids = tokenizer(read_text(eval_file)[:200_000], add_special_tokens=False)["input_ids"]
     prefix = [] if sink is None else [sink]
     second = ids[-2 * length:-length]
     return [prefix + ids[-length:], prefix + (second[: max(2, length * 3 // 4)] if padded else second)]

@@ -13,12 +13,20 @@ from .options import TAP_TITLES, AnalyzeOptions
 from .run import __doc__ as DOC, run
 
 
+def _numbers(text: str, kind) -> tuple:
+    try:
+        return tuple(kind(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__}s, "
+                                         "e.g. 1,2,3") from None
+
+
 def _floats(text: str) -> tuple:
-    return tuple(float(x) for x in text.split(",") if x.strip())
+    return _numbers(text, float)
 
 
 def _ints(text: str) -> tuple:
-    return tuple(int(x) for x in text.split(",") if x.strip())
+    return _numbers(text, int)
 
 
 def _words(text: str) -> tuple:
@@ -41,7 +49,7 @@ def parse_args(argv) -> AnalyzeOptions:
     p.add_argument("--layer-tokens", type=int, default=d.layer_tokens,
                    help="tokens scored by the sweep and single-layer rows (0: none of them)")
     p.add_argument("--fraction", type=float, default=d.fraction, help="the headline variance fraction (0.95)")
-    p.add_argument("--fractions", default=",".join(map(str, d.fractions)),
+    p.add_argument("--fractions", type=_floats, default=",".join(map(str, d.fractions)),
                    help="variance fractions swept for keys alone and values alone, all layers, on --layer-tokens "
                         "('' for no sweep; --fraction is always among them)")
     p.add_argument("--whole", default=",".join(d.whole),
@@ -51,9 +59,9 @@ def parse_args(argv) -> AnalyzeOptions:
                    help="tokens scored with attention weights truncated to --fraction of their energy (0: skip)")
     p.add_argument("--weight-rows", default=d.weight_rows, choices=("all", "each"),
                    help="truncate q, k, v, o together (all), and also one kind at a time (each)")
-    p.add_argument("--probe-ranks", default=",".join(map(str, d.probe_ranks)),
+    p.add_argument("--probe-ranks", type=_ints, default=",".join(map(str, d.probe_ranks)),
                    help="ranks at which variance/energy kept and reconstruction error are reported")
-    p.add_argument("--probe-errors", default=",".join(map(str, d.probe_errors)),
+    p.add_argument("--probe-errors", type=_floats, default=",".join(map(str, d.probe_errors)),
                    help="relative reconstruction errors for which the PCA rank k is reported")
     p.add_argument("--taps", default=",".join(d.taps), help=f"tensors to analyse, from {', '.join(TAP_TITLES)}")
     p.add_argument("--engine", default=d.engine, help="perplexity engine: hf (fast) | decoder (the export's reference)")
@@ -62,8 +70,8 @@ def parse_args(argv) -> AnalyzeOptions:
     p.add_argument("--token-factor", type=float, default=d.token_factor,
                    help="high-norm token: norm over this x its window's median")
     p.add_argument("--dim-factor", type=float, default=d.dim_factor, help="outlier dim: std over this x median std")
-    p.add_argument("--seq", default=",".join(map(str, d.seq_lengths)), help="memory table sequence lengths")
-    p.add_argument("--batch", default=",".join(map(str, d.batch_sizes)), help="memory table batch sizes")
+    p.add_argument("--seq", type=_ints, default=",".join(map(str, d.seq_lengths)), help="memory table sequence lengths")
+    p.add_argument("--batch", type=_ints, default=",".join(map(str, d.batch_sizes)), help="memory table batch sizes")
     p.add_argument("--no-cache", action="store_true", help="capture again even when build/calib has the statistics")
     p.add_argument("--time-budget", type=float, default=d.time_budget,
                    help="seconds from the start; perplexity rows that would overrun it are skipped (0: no limit)")
@@ -74,11 +82,11 @@ def parse_args(argv) -> AnalyzeOptions:
     return AnalyzeOptions(model=a.model or None, text=a.text or d.text, out=a.out, eval=a.eval,
                           calib_tokens=a.calib_tokens, window=a.window, eval_tokens=a.eval_tokens,
                           eval_window=a.eval_window, layer_tokens=a.layer_tokens, fraction=a.fraction,
-                          fractions=_floats(a.fractions), whole=_words(a.whole), layers=a.layers,
-                          weight_tokens=a.weight_tokens, weight_rows=a.weight_rows, probe_ranks=_ints(a.probe_ranks),
-                          probe_errors=_floats(a.probe_errors), taps=_words(a.taps),
+                          fractions=a.fractions, whole=_words(a.whole), layers=a.layers,
+                          weight_tokens=a.weight_tokens, weight_rows=a.weight_rows, probe_ranks=a.probe_ranks,
+                          probe_errors=a.probe_errors, taps=_words(a.taps),
                           engine=a.engine, skip_quality=a.skip_quality, sink=a.sink, token_factor=a.token_factor,
-                          dim_factor=a.dim_factor, seq_lengths=_ints(a.seq), batch_sizes=_ints(a.batch),
+                          dim_factor=a.dim_factor, seq_lengths=a.seq, batch_sizes=a.batch,
                           cache=not a.no_cache, threads=a.threads, time_budget=a.time_budget,
                           trust_remote_code=a.trust_remote_code,
                           command=" ".join(["python -m exporter.analyze"] + [shlex.quote(x) for x in

@@ -72,6 +72,13 @@ def check_options(o: AnalyzeOptions) -> None:
     for f in (o.fraction, *o.fractions):
         if not 0 < f <= 1:
             raise UserError(f"fraction {f} is out of range: use a number in (0, 1]")
+    texts = (("--text", o.text),) + ((("--eval", o.eval),) if not o.skip_quality else ())
+    for flag, path in texts:
+        if not os.path.isfile(path):
+            raise UserError(f"no text file at {path}: pass {flag} /path/to/file.txt (any UTF-8 text)")
+    if o.out and os.path.lexists(o.out) and not os.path.isfile(os.path.join(o.out, "spectrum.json")):
+        raise UserError(f"--out {o.out} exists and is not an earlier analysis; it would be replaced: pass a new path, "
+                        "or move it away first")
     if os.path.realpath(o.text) == os.path.realpath(o.eval):
         print(f"warning: the analysis text is the perplexity text ({o.eval}); PCA rows are then measured on "
               "their own calibration data", file=sys.stderr)

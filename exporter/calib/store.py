@@ -3,8 +3,9 @@
 One format for every accumulator: build/calib/<name>.safetensors holds, per (layer, tap), the tensors of the
 accumulator's state() as `<layer>.<tap>.<field>`, the sink vector as `<layer>.<tap>.sink`, and whole-file counts
 (e.g. `n_tokens`) as one-element int64 tensors. The name hashes everything the statistics depend on (model
-fingerprint, text hash, token count, window, sink, and for analysis its taps and outlier factor). A file that
-is missing or damaged is not an error: the capture simply runs again.
+fingerprint, text hash, token count, window, sink, and for analysis its taps and outlier factor). A file is
+written under a temporary name and renamed, so a kill mid-write leaves the old file or none; one that is
+missing or damaged anyway is not an error: the capture simply runs again.
 
 Entry points: `cache_key`, `save_statistics`, `load_statistics`.
 """
@@ -35,8 +36,13 @@ def save_statistics(path: str, accs: dict, sinks: dict, counts: dict[str, int] |
         if (layer, tap) in sinks:
             tensors[f"{layer}.{tap}.sink"] = sinks[(layer, tap)].contiguous()
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_file(tensors, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    tmp = f"{path}.tmp-{os.getpid()}"      # one per writer: two exports may fill the same cache at once
+    try:
+        save_file(tensors, tmp)
+        os.replace(tmp, path)               # a kill before this line leaves the old file (or none), never half
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def load_statistics(path: str, accumulator=Covariance) -> tuple[dict, dict, dict] | None:

@@ -1,8 +1,8 @@
 """The settings an export refuses, before any work where it can: one-line errors that name the fix.
 
-Entry points: `check_options(o)` (before loading the model), `is_quantized(o)` (refuses what a quantized cache
-cannot take), `has_cache_quant(o)` (likewise for KV_DTYPE), `check_shared_buffer(decoder)` (what onnxruntime's
-fused attention cannot run).
+Entry points: `check_options(o)` (before loading the model), `check_against_model(o, cfg)` (once its size is
+known, before calibration), `is_quantized(o)` (refuses what a quantized cache cannot take), `has_cache_quant(o)`
+(likewise for KV_DTYPE), `check_shared_buffer(decoder)` (what onnxruntime's fused attention cannot run).
 """
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from graphs.contract import CACHE_UPDATES, DTYPE_BYTES
 
 from ..errors import UserError
 from ..options import KEY_MODES, KV_DTYPES, KV_ROTATIONS, METHODS, ExportOptions
+from ..quant.design import float16_bytes
+from ..ranks.auto import check_budget
 
 
 def check_options(o: ExportOptions) -> None:
@@ -23,6 +25,24 @@ def check_options(o: ExportOptions) -> None:
         raise UserError(f"DTYPE={o.dtype!r} is unknown: use {' or '.join(DTYPE_BYTES)}")
     if o.is_auto and (o.k_key is not None or o.k_value is not None or o.projectors):
         raise UserError("K=auto chooses every rank itself: drop K_KEY, K_VALUE and --projectors")
+    if o.is_auto and o.auto.granularity < 1:
+        raise UserError(f"--granularity {o.auto.granularity} must be >= 1 (K=auto ranks in steps of it)")
+    if not o.is_auto and (o.auto.budget_bytes is not None or o.auto.max_ppl_increase is not None):
+        raise UserError("BUDGET and MAX_PPL_INCREASE choose per-layer ranks: add K=auto, or drop them")
+    is_quantized(o)             # their own refusals (QUANT, KV_DTYPE), before the model loads
+    has_cache_quant(o)
+
+
+def check_against_model(o: ExportOptions, cfg) -> None:
+    """What only the model's size tells, refused before any calibration: a K=auto budget it cannot meet, a
+    QUANT_RATIO that leaves less than a byte per token for each coded tensor (keys and values of every layer)."""
+    if o.is_auto:
+        check_budget(o.auto, cfg.num_layers, DTYPE_BYTES[o.dtype])
+    if o.quant.allocation is not None:
+        tensors, fp16 = 2 * cfg.num_layers, float16_bytes(cfg)
+        if fp16 // o.quant.ratio < tensors:
+            raise UserError(f"QUANT_RATIO={o.quant.ratio:g} leaves {int(fp16 // o.quant.ratio)} bytes per token for "
+                            f"{tensors} coded tensors, at least one byte each: use QUANT_RATIO <= {fp16 / tensors:g}")
 
 
 def is_quantized(o: ExportOptions) -> bool:

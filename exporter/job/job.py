@@ -26,7 +26,7 @@ from ..model.load import Loaded, load
 from ..model.weights import model_fingerprint
 from ..options import ExportOptions
 from ..projectors.metric import output_metrics
-from .checks import check_options
+from .checks import check_against_model, check_options
 
 
 @dataclass
@@ -51,6 +51,7 @@ class ExportJob:
         torch.manual_seed(o.seed)
         loaded = loaded or load(o.model, trust_remote_code=o.trust_remote_code)
         cfg = from_hf(loaded.model.config)
+        check_against_model(o, cfg)
         if o.method is None:
             o = replace(o, method="output-aware" if o.is_auto else "pca")
         key_mode = o.key_mode if cfg.has_rope else "post-rope"   # without RoPE both modes are k-space scores

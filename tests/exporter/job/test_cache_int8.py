@@ -14,7 +14,7 @@ from validate.kv_bytes import measured_bytes_per_token
 from validate.ort_model import OrtModel
 from validate.parity import check_parity, hf_original
 
-ARCHS = ("llama", "qwen2", "mistral", "gpt2")
+ARCHS = ("llama", "llama3", "qwen2", "mistral", "gpt2")
 
 
 def int8_export(tiny_export, arch, rotation="hadamard"):
