@@ -30,12 +30,27 @@ def _allocate(layout: CacheLayout, batch: int, device: Device, seq: int) -> dict
     return values
 
 
+ALIGN = 64     # bytes: each tensor of a host block starts on a cache line
+
+
 def _host_buffers(layout: CacheLayout, batch: int, capacity: int) -> dict[str, np.ndarray]:
     """Past name -> a zeroed host array (B, kv_heads, capacity, head_size): CPU shared buffers live in numpy
-    arrays, so one sequence's rows can be bound alone as a view (KVCache.row) without a copy."""
-    return {past: np.zeros((batch, layout.shape(i, kind).kv_heads, capacity, layout.shape(i, kind).head_size),
-                           NUMPY_DTYPES[layout.dtype_of(layout.shape(i, kind))])
-            for i, kind, past, _ in layout.names()}
+    arrays, so one sequence's rows can be bound alone as a view (KVCache.row) without a copy.
+
+    All of them are views into one block: a block that large is a memory mapping of its own, given back to the
+    system when the cache is dropped. As separate arrays of a few MB each they came from the heap, which kept
+    them after the generation: SmolLM2's resident memory grew 17 % between two batches of 8 x 2,000 tokens
+    (benchmarks/soak.py, docs/soak.md)."""
+    shapes = {past: ((batch, layout.shape(i, kind).kv_heads, capacity, layout.shape(i, kind).head_size),
+                     np.dtype(NUMPY_DTYPES[layout.dtype_of(layout.shape(i, kind))]))
+              for i, kind, past, _ in layout.names()}
+    starts, end = {}, 0
+    for past, (shape, dtype) in shapes.items():
+        starts[past] = end
+        end += -(-int(np.prod(shape)) * dtype.itemsize // ALIGN) * ALIGN
+    block = np.zeros(end, np.uint8)     # calloc: untouched pages cost no memory until the graph writes them
+    return {past: block[starts[past]:starts[past] + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+            for past, (shape, dtype) in shapes.items()}
 
 
 class KVCache:
