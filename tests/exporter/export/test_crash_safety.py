@@ -30,7 +30,10 @@ class Export:
 
     def __init__(self, command: list[str], cwd: str):
         env = {**os.environ, "PYTHONPATH": REPO}
-        self.proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # A shell that starts the tests in the background ignores SIGINT, and a child inherits that (Python
+        # then never raises KeyboardInterrupt): give the export the default disposition a terminal gives it.
+        self.proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.output = b""
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
