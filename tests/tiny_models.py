@@ -31,7 +31,8 @@ def _tokenizer(path: str):
 
 
 def config(arch: str):
-    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config, \
+        SmolLM3Config
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
                   rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False)
@@ -44,6 +45,16 @@ def config(arch: str):
             "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
     if arch == "qwen2":
         return Qwen2Config(**common, rope_theta=10000.0, use_sliding_window=False)
+    if arch == "qwen3":     # q_norm / k_norm before RoPE (their weights drawn away from 1 in make())
+        return Qwen3Config(**common, rope_theta=10000.0, use_sliding_window=False)
+    if arch == "phi3":      # fused qkv_proj / gate_up_proj, LongRoPE: the test prompts pass its original 32
+        # positions, so the long factors rotate them (the calibration windows' too)
+        half = common["head_dim"] // 2
+        return Phi3Config(**common, original_max_position_embeddings=32, rope_parameters={
+            "rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 32, "factor": 16.0,
+            "short_factor": [1.0 + 0.1 * i for i in range(half)], "long_factor": [1.0 + 2.0 * i for i in range(half)]})
+    if arch == "smollm3":   # layer 1 is a NoPE layer (the real model: every fourth)
+        return SmolLM3Config(**common, rope_theta=10000.0, no_rope_layers=[1, 0])
     if arch == "mistral":
         return MistralConfig(**common, rope_theta=10000.0, sliding_window=None)
     if arch == "gpt2":
@@ -52,7 +63,7 @@ def config(arch: str):
     raise ValueError(arch)
 
 
-ARCHS = ("llama", "llama3", "qwen2", "mistral", "gpt2")
+ARCHS = ("llama", "llama3", "qwen2", "qwen3", "phi3", "smollm3", "mistral", "gpt2")
 
 
 def make(arch: str, path: str, seed: int = 0, **overrides) -> str:
@@ -72,6 +83,10 @@ def make(arch: str, path: str, seed: int = 0, **overrides) -> str:
             for layer in model.model.layers:
                 for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                     m.bias.normal_(0, 0.5)
+        if arch == "qwen3":  # make the per-head q/k norms matter
+            for layer in model.model.layers:
+                for norm in (layer.self_attn.q_norm, layer.self_attn.k_norm):
+                    norm.weight.normal_(1.0, 0.5)
     model.save_pretrained(path)
     _tokenizer(path)
     return path

@@ -25,7 +25,17 @@ def _attention_modules(hf, cfg: DecoderConfig, i: int) -> list:
         a = hf.transformer.h[i].attn
         return [a.c_attn, a.c_proj]
     a = hf.model.layers[i].self_attn
+    if hasattr(a, "qkv_proj"):                    # Phi-3
+        return [a.qkv_proj, a.o_proj]
     return [a.q_proj, a.k_proj, a.v_proj, a.o_proj]
+
+
+def _joined(w: dict, names: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One fused module's [out, in] weight and bias from q/k/v parts (biases: None when no part has one)."""
+    biases = [w[f"{n}_b"] for n in names]
+    bias = None if all(b is None for b in biases) else \
+        torch.cat([b if b is not None else torch.zeros(w[n].shape[0], dtype=w[n].dtype) for n, b in zip(names, biases)])
+    return torch.cat([w[n] for n in names]), bias
 
 
 def _assign(module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -46,6 +56,10 @@ def write_attention(hf, cfg: DecoderConfig, i: int, w: dict) -> None:
         _assign(modules[0], torch.cat([w["q"].T, w["k"].T, w["v"].T], dim=1),
                 torch.cat([w["q_b"], w["k_b"], w["v_b"]]))
         _assign(modules[1], w["o"].T, w["o_b"])
+        return
+    if len(modules) == 2:                         # Phi-3's qkv_proj
+        _assign(modules[0], *_joined(w, "qkv"))
+        _assign(modules[1], w["o"], w["o_b"])
         return
     for module, name in zip(modules, ("q", "k", "v", "o")):
         _assign(module, w[name], w[f"{name}_b"])
@@ -77,6 +91,9 @@ def pca_edits(hf, cfg: DecoderConfig, proj: Projectors) -> dict[int, dict]:
     (pre-RoPE keys; GPT-2 has no RoPE); the sink stays exact because its direction is in every basis."""
     if cfg.has_rope and proj.key_mode != "pre-rope":
         raise UserError("the hf engine compresses keys before RoPE only: use --engine decoder for post-rope")
+    if cfg.qk_norm and any(k is not None for k in proj.keys):
+        raise UserError(f"{cfg.model_type} norms its keys after k_proj, so no k_proj edit codes them: "
+                        "use --engine decoder")
     edits = {}
     for i in range(cfg.num_layers):
         w = attention_weights(hf, cfg, i)

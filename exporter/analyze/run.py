@@ -35,7 +35,7 @@ from .memory import memory
 from .options import AnalyzeOptions, check_options
 from .plan import plan_settings
 from .report import report_md
-from .scoring import score
+from .scoring import engine_for, score
 from .statistics import tap_statistics
 from .threads import busy_cores, pick_threads
 from .weights import weight_spectra
@@ -99,7 +99,7 @@ def run(o: AnalyzeOptions) -> str:
         quality = None
         if not o.skip_quality:
             settings = plan_settings(cfg, eigs, weights, o)
-            print(f"scoring {len(settings)} settings ({o.engine} engine)", flush=True)
+            print(f"scoring {len(settings)} settings ({engine_for(o.engine, cfg)} engine)", flush=True)
             deadline = start + o.time_budget if o.time_budget > 0 else None
             quality = score(settings, hf, tok, cfg, Statistics(accs, sinks, info), sink_id, o, tmp, deadline)
             t0 = stage("perplexity", t0)

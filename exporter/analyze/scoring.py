@@ -93,9 +93,15 @@ def model_for(s: Setting, hf, cfg: DecoderConfig, stats, sink_id, engine: str):
             dec = build_decoder(hf)
         return _nothing(), window_logits(decoder_forward(dec))
     proj = fit_pca(stats, cfg, s.key_ranks, s.value_ranks, "pre-rope", sink_id, {"purpose": "analysis"})
-    if engine == "hf":
+    if engine_for(engine, cfg) == "hf":
         return edited_attention(hf, cfg, pca_edits(hf, cfg, proj)), window_logits(hf_forward(hf))
     return _nothing(), window_logits(decoder_forward(build_decoder(hf, proj)))
+
+
+def engine_for(engine: str, cfg: DecoderConfig) -> str:
+    """The engine that can score this model: a model that norms its keys after k_proj (Qwen3) has no k_proj
+    edit for a key code, so its projector rows run on the reference decoder."""
+    return "decoder" if engine == "hf" and cfg.qk_norm else engine
 
 
 @contextmanager
@@ -159,7 +165,8 @@ def score(settings: list[Setting], hf, tok, cfg: DecoderConfig, stats, sink_id, 
                   f"{q.ppl_original:.3f} ({q.ppl_increase_pct:+.2f} %)", flush=True)
     finally:
         original.close()
-    return {"eval_file": o.eval, "window": window, "sink_token": sink_token, "engine": o.engine, "rows": rows,
+    return {"eval_file": o.eval, "window": window, "sink_token": sink_token, "engine": engine_for(o.engine, cfg),
+            "rows": rows,
             "skipped": skipped, "seconds_per_window": {"original": original.seconds_per_window,
                                                        "scored": clock.per_window}}
 

@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..model.config import DecoderConfig
-from ..model.weights import attention_weights
+from ..model.weights import attention_weights, mlp_weights
 from . import spectrum as S
 from .threads import lapack_threads
 
@@ -22,9 +22,8 @@ def weight_matrices(hf, cfg: DecoderConfig, i: int) -> dict[str, torch.Tensor]:
         mlp = hf.transformer.h[i].mlp
         out.update(fc=mlp.c_fc.weight.detach().T, proj=mlp.c_proj.weight.detach().T)   # Conv1D stores [in, out]
     else:
-        mlp = hf.model.layers[i].mlp
-        out.update(gate=mlp.gate_proj.weight.detach(), up=mlp.up_proj.weight.detach(),
-                   down=mlp.down_proj.weight.detach())
+        mlp = mlp_weights(hf.model.layers[i])
+        out.update(gate=mlp["gate_proj"], up=mlp["up_proj"], down=mlp["down_proj"])
     return out
 
 

@@ -7,8 +7,9 @@ Keys, by mode:
   full       scores = q . k, the usual GQA.
   post-rope  latents of rotated keys; scores in k-space: (basis_g^T q_h) . c. The mean term q . mean is the
              same for every key of a query, so softmax drops it (the sink is coded like any other key).
-  pre-rope   latents of un-rotated keys (projection folded into k_proj); every step rebuilds the keys
-             mean + basis @ c, rotates them at their positions, then the usual GQA.
+  pre-rope   latents of un-rotated keys (projection folded into k_proj; after k_norm where the model has one);
+             every step rebuilds the keys mean + basis @ c, rotates them at their positions, then the usual GQA.
+A layer without RoPE (GPT-2, SmolLM3's NoPE layers) has one kind of key: fold.py builds it post-rope (k-space).
 Quantized latents (codec/quantizer.py): the cache holds packed integer codes of c, and attention reads them decoded.
 Values: full, or latents with the up-projection absorbed into o_proj: sum_m a_m (mu + B c_m) = mu + B (sum_m a_m c_m)
 because the attention weights sum to one, so o_proj' = o_proj @ blockdiag(B_g(h)) and bias o_proj @ mu. Since B
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from .fused import group_query_attention, rotary_embedding
+from .layers import RMSNorm
 from .rope import apply_rope
 
 
@@ -48,12 +50,16 @@ def _packed(*linears: nn.Linear) -> nn.Linear:
 class Attention(nn.Module):
     """One layer's attention. Built by `model/fold.build_attention` from HF weights and optional projectors."""
 
-    def __init__(self, cfg, key_mode: str, key_rank: int | None, value_rank: int | None):
+    def __init__(self, cfg, key_mode: str, key_rank: int | None, value_rank: int | None, rope: bool = True):
         super().__init__()
         H, G, d, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
         self.H, self.G, self.d = H, G, d
         self.scale = d ** -0.5
         self.key_mode = "full" if key_rank is None else key_mode
+        self.rope = rope            # False: a NoPE layer, whatever positions the decoder hands it
+        # Qwen3: RMSNorm over each head of q and k, before RoPE
+        self.q_norm = RMSNorm(d, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(d, cfg.norm_eps) if cfg.qk_norm else None
         # Two hooks, None when exporting (the graph then has neither): `tap` observes, `codec` replaces.
         self.tap = None    # calibration (calib/capture.py): tap(name, tensor (B, T, width))
         self.codec = None  # training and searches (projectors/coded.py): codec(name, x (B, T, width)) -> coded x,
@@ -61,14 +67,16 @@ class Attention(nn.Module):
         self.key_rank, self.value_rank = key_rank, value_rank
         self.q_proj = nn.Linear(D, H * d, bias=cfg.qkv_bias)
         # pre-rope keys and latent values fold the projection into k_proj / v_proj: they output latents directly
-        k_out = key_rank if self.key_mode == "pre-rope" else G * d
-        self.k_proj = nn.Linear(D, k_out, bias=cfg.qkv_bias or self.key_mode == "pre-rope")
+        # (not past a k_norm: then key_encode codes the normed keys)
+        folded_key = self.key_mode == "pre-rope" and self.k_norm is None
+        self.k_proj = nn.Linear(D, key_rank if folded_key else G * d, bias=cfg.qkv_bias or folded_key)
         self.v_proj = nn.Linear(D, G * d if value_rank is None else value_rank,
                                 bias=cfg.qkv_bias or value_rank is not None)
         o_in = H * d if value_rank is None else H * value_rank
         self.o_proj = nn.Linear(o_in, D, bias=cfg.family == "gpt2" or value_rank is not None)
-        if self.key_mode == "post-rope":
+        if self.key_mode == "post-rope" or (self.key_mode == "pre-rope" and not folded_key):
             self.key_encode = nn.Linear(G * d, key_rank)                      # c = basis^T (k - mean)
+        if self.key_mode == "post-rope":
             self.register_buffer("query_basis", torch.zeros(H, d, key_rank))  # basis_g(h): q_h -> k-space
         if self.key_mode == "pre-rope":
             self.key_decode = nn.Linear(key_rank, G * d)                      # k = basis c + mean
@@ -98,6 +106,8 @@ class Attention(nn.Module):
         """x (B, T, D); rope_* (cos, sin) for the new tokens / all S tokens or None; mask (B, 1, T, S) additive;
         past_k, past_v (B, kvh, P, size); sink_slots (B, S) bool, the sink's slot (quantized caches).
         Returns y (B, T, D), present_k, present_v (B, kvh, S, size)."""
+        if not self.rope:
+            rope_new = rope_all = None
         if self.fused:                  # mask is (seqlens_k, total) here, rope_all the op's cos/sin tables
             return self._fused(x, rope_new, rope_all, mask, past_k, past_v)
         B, T, _ = x.shape
@@ -110,7 +120,7 @@ class Attention(nn.Module):
 
     def _queries(self, x, rope_new):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.H, self.d).transpose(1, 2)       # (B, H, T, d)
+        q = self._per_head(self.q_proj(x), self.H, self.q_norm)              # (B, H, T, d)
         self._tap("query_pre", q)
         if rope_new is not None:
             q = apply_rope(q, *rope_new)
@@ -120,14 +130,18 @@ class Attention(nn.Module):
     def _scores(self, x, q, rope_new, rope_all, past_k, sink_slots=None):
         B, T, _ = x.shape
         if self.key_mode == "pre-rope":
-            c = self.k_proj(x).unsqueeze(1)                                  # (B, 1, T, r)
+            if self.k_norm is None:
+                c = self.k_proj(x).unsqueeze(1)                              # (B, 1, T, r), folded
+            else:
+                k = self._per_head(self.k_proj(x), self.G, self.k_norm)      # (B, G, T, d)
+                c = self.key_encode(k.transpose(1, 2).reshape(B, T, -1)).unsqueeze(1)   # (B, 1, T, r)
             c, present = self._append(self.key_quant, past_k, c, sink_slots)  # (B, 1, S, r), present
             k = self.key_decode(c.squeeze(1))                                # (B, S, G*d)
             k = k.view(B, -1, self.G, self.d).transpose(1, 2)                # (B, G, S, d)
             if rope_all is not None:
                 k = apply_rope(k, *rope_all)
             return grouped_matmul(q, k.transpose(-1, -2), self.G), present
-        k = self.k_proj(x).view(B, T, self.G, self.d).transpose(1, 2)        # (B, G, T, d)
+        k = self._per_head(self.k_proj(x), self.G, self.k_norm)              # (B, G, T, d)
         self._tap("key_pre", k)
         k = self._code("key_pre", k)
         if rope_new is not None:
@@ -147,6 +161,9 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         sizes = [self.q_proj.out_features, self.k_proj.out_features, self.v_proj.out_features]
         q, k, v = self.qkv_proj(x).split(sizes, dim=-1)                      # (B, T, H*d), (B, T, G*d), v
+        if self.q_norm is not None:                                          # per head, back to (B, T, n*d)
+            q = self.q_norm(q.view(B, T, self.H, self.d)).reshape(B, T, -1)
+            k = self.k_norm(k.view(B, T, self.G, self.d)).reshape(B, T, -1)
         if self.key_mode == "full" and self.cache_rotation is not None:   # RoPE, then R, before the op
             if rope_tables is not None:                                      # (cos, sin tables, position_ids)
                 cos, sin, positions = rope_tables
@@ -186,6 +203,14 @@ class Attention(nn.Module):
         c = self.v_proj(x).unsqueeze(1)                                      # (B, 1, T, r)
         c, present = self._append(self.value_quant, past_v, c, sink_slots)   # (B, 1, S, r), present
         return probs @ c, present                                            # (B, H, T, r)
+
+    def _per_head(self, x, heads: int, norm):
+        """(B, T, heads*d) -> (B, heads, T, d), normed per head where the model norms q and k."""
+        B, T, _ = x.shape
+        x = x.view(B, T, heads, self.d)
+        if norm is not None:
+            x = norm(x)
+        return x.transpose(1, 2)
 
     @staticmethod
     def _append(quant, past, c, sink_slots):

@@ -1,15 +1,26 @@
 """DecoderConfig: the few numbers the compact decoder needs, read from a HuggingFace config.
 
+Two families of blocks: 'llama' (RMSNorm, SwiGLU, RoPE, GQA) and 'gpt2' (LayerNorm, GELU, learned positions).
+The llama family's members differ by small quirks, each a field here that a layer reads:
+
+    model_type   quirks
+    llama        llama3 RoPE scaling, tied embeddings (Llama 3.2)
+    mistral      -
+    qwen2        q/k/v biases
+    qwen3        q_norm, k_norm: RMSNorm over each head's d numbers of q and k, before RoPE
+    phi3         q/k/v and gate/up stored fused (split on load), LongRoPE (short/long factors)
+    smollm3      NoPE layers: every fourth layer has no RoPE
+
 Entry point: `from_hf(hf_config)` -> DecoderConfig.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    family: str             # 'llama' (llama, mistral, qwen2: RoPE, GQA, RMSNorm) or 'gpt2'
+    family: str             # 'llama' (llama, mistral, qwen2, qwen3, phi3, smollm3) or 'gpt2'
     model_type: str         # the HF model_type
     num_layers: int
     hidden_size: int
@@ -21,6 +32,8 @@ class DecoderConfig:
     max_positions: int
     qkv_bias: bool          # qwen2 and gpt2
     tie_embeddings: bool
+    qk_norm: bool = False                               # qwen3
+    nope_layers: tuple[int, ...] = field(default=())    # smollm3: layers without RoPE
 
     @property
     def kv_dim(self) -> int:
@@ -31,8 +44,30 @@ class DecoderConfig:
     def has_rope(self) -> bool:
         return self.family == "llama"
 
+    def rope_on(self, layer: int) -> bool:
+        """Whether this layer rotates its queries and keys (a NoPE layer scores them as they are)."""
+        return self.has_rope and layer not in self.nope_layers
+
     def to_json(self) -> dict:
-        return asdict(self)
+        """The fields, less the quirks a model does not have: a model without any hashes as it did before the
+        quirks existed (model_fingerprint hashes this), so earlier projector files and caches still match."""
+        js = asdict(self)
+        js["nope_layers"] = list(self.nope_layers)
+        for name in ("qk_norm", "nope_layers"):
+            if not js[name]:
+                del js[name]
+        return js
+
+
+def _llama_family(config, **quirks) -> DecoderConfig:
+    mt = config.model_type
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    bias = bool(getattr(config, "attention_bias", False)) or mt == "qwen2"
+    return DecoderConfig("llama", mt, config.num_hidden_layers, config.hidden_size, heads,
+                         getattr(config, "num_key_value_heads", None) or heads, head_dim, config.vocab_size,
+                         config.rms_norm_eps, config.max_position_embeddings, bias,
+                         bool(getattr(config, "tie_word_embeddings", False)), **quirks)
 
 
 def from_hf(config) -> DecoderConfig:
@@ -41,10 +76,9 @@ def from_hf(config) -> DecoderConfig:
         return DecoderConfig("gpt2", mt, config.n_layer, config.n_embd, config.n_head, config.n_head,
                              config.n_embd // config.n_head, config.vocab_size, config.layer_norm_epsilon,
                              config.n_positions, True, True)
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    bias = bool(getattr(config, "attention_bias", False)) or mt == "qwen2"
-    return DecoderConfig("llama", mt, config.num_hidden_layers, config.hidden_size, heads,
-                         getattr(config, "num_key_value_heads", None) or heads, head_dim, config.vocab_size,
-                         config.rms_norm_eps, config.max_position_embeddings, bias,
-                         bool(getattr(config, "tie_word_embeddings", False)))
+    if mt == "qwen3":
+        return _llama_family(config, qk_norm=True)
+    if mt == "smollm3":
+        return _llama_family(config, nope_layers=tuple(i for i, rope in enumerate(config.no_rope_layers)
+                                                       if not rope and i < config.num_hidden_layers))
+    return _llama_family(config)

@@ -77,7 +77,7 @@ class Decoder(nn.Module):
         for b in self.blocks:
             b.attn.use_fused()
         self.fused = True
-        if self.rope is not None:       # the op's own RoPE tables for uncompressed layers (model/fused.py)
+        if self.rope is not None and not self.rope.long:   # the op's own RoPE tables (model/fused.py)
             cos, sin = self.rope.tables(self.cfg.max_positions)
             self.register_buffer("rope_cos_table", cos)                              # (P, d/2)
             self.register_buffer("rope_sin_table", sin)                              # (P, d/2)
@@ -101,7 +101,7 @@ class Decoder(nn.Module):
         if self.rope is not None:
             rope_new = self.rope(position_ids)
             if self.fused:                 # fused uncompressed layers rotate inside the op, from tables
-                rope_all = (self.rope_cos_table, self.rope_sin_table, position_ids)
+                rope_all = (*self._rope_tables(attention_mask, position_ids), position_ids)
             elif self.needs_all_positions:  # pre-rope layers rotate every cached key: positions from the mask
                 rope_all = self.rope((attention_mask.cumsum(-1) - 1).clamp(min=0))
         sink_slots = first_slots(attention_mask) if self.quantized else None              # (B, S)
@@ -114,6 +114,13 @@ class Decoder(nn.Module):
             x = last_positions(x, logits_to_keep)                                   # (B, n, D)
         logits = self.embeddings.logits(self.norm(x))                                # (B, n, V)
         return (logits, *presents)
+
+    def _rope_tables(self, attention_mask, position_ids):
+        """The op's cos/sin tables: baked into the graph, or for LongRoPE computed each call for the positions
+        0..S-1 (S = the mask's length) from the set this call's positions choose."""
+        if not self.rope.long:
+            return self.rope_cos_table, self.rope_sin_table
+        return self.rope.tables(attention_mask.shape[1], position_ids)
 
     @staticmethod
     def _tap_hidden(block, x):

@@ -13,8 +13,8 @@ from ..codec.quantizer import quantizer_for
 from .attention import Attention
 from .config import DecoderConfig, from_hf
 from .decoder import Decoder
-from .rope import Rope
-from .weights import attention_weights
+from .rope import rope_of
+from .weights import attention_weights, hf_layers, mlp_weights
 
 
 def _set(linear, weight, bias=None):
@@ -29,14 +29,24 @@ def build_attention(hf, cfg: DecoderConfig, i: int, proj: Projectors | None) -> 
     key = proj.key(i) if proj else None        # Codec (decode (G*d, r), mean, encode (r, G*d)) in float64, or None
     value = proj.value(i) if proj else None
     mode = proj.key_mode if proj else "full"
-    attn = Attention(cfg, mode, key.rank if key else None, value.rank if value else None)
+    if not cfg.rope_on(i):          # a NoPE layer's keys are the same before and after: score them in k-space
+        mode = "post-rope"
+    attn = Attention(cfg, mode, key.rank if key else None, value.rank if value else None, rope=cfg.rope_on(i))
+    if cfg.qk_norm:
+        a = hf_layers(hf)[i].self_attn
+        _copy_norm(attn.q_norm, a.q_norm)
+        _copy_norm(attn.k_norm, a.k_norm)
     _set(attn.q_proj, w["q"], w["q_b"])
     k_b = w["k_b"] if w["k_b"] is not None else torch.zeros(cfg.kv_dim, dtype=torch.float64)
     if key is None:
         _set(attn.k_proj, w["k"], w["k_b"])
     elif attn.key_mode == "pre-rope":
         enc, dec, mean = key.encode, key.decode, key.mean
-        _set(attn.k_proj, enc @ w["k"], enc @ (k_b - mean))             # x -> c directly
+        if attn.k_norm is None:
+            _set(attn.k_proj, enc @ w["k"], enc @ (k_b - mean))         # x -> c directly
+        else:                                                           # x -> k -> k_norm -> c
+            _set(attn.k_proj, w["k"], w["k_b"])
+            _set(attn.key_encode, enc, -(enc @ mean))
         _set(attn.key_decode, dec, mean)                                # c -> k
     else:  # post-rope: project rotated keys; queries meet them in k-space
         enc, dec, mean = key.encode, key.decode, key.mean
@@ -84,13 +94,6 @@ def _copy_norm(dst, src):
             dst.bias.copy_(src.bias)
 
 
-def _rope(hf) -> Rope | None:
-    if hf.config.model_type == "gpt2":
-        return None
-    rot = hf.model.rotary_emb
-    return Rope(rot.inv_freq, getattr(rot, "attention_scaling", 1.0))
-
-
 def build_decoder(hf, proj: Projectors | None = None) -> Decoder:
     """The compact decoder with HF's weights; with projectors, a compressed cache as they say."""
     cfg = from_hf(hf.config)
@@ -100,8 +103,8 @@ def build_decoder(hf, proj: Projectors | None = None) -> Decoder:
     if cfg.family == "gpt2":
         mlp_hidden = hf.transformer.h[0].mlp.c_fc.weight.shape[1]
     else:
-        mlp_hidden = hf.model.layers[0].mlp.gate_proj.weight.shape[0]
-    dec = Decoder(cfg, attns, mlp_hidden, _rope(hf))
+        mlp_hidden = mlp_weights(hf.model.layers[0])["gate_proj"].shape[0]
+    dec = Decoder(cfg, attns, mlp_hidden, rope_of(hf))
     with torch.no_grad():
         if cfg.family == "gpt2":
             t = hf.transformer
@@ -117,8 +120,8 @@ def build_decoder(hf, proj: Projectors | None = None) -> Decoder:
             for blk, layer in zip(dec.blocks, m.layers):
                 _copy_norm(blk.norm1, layer.input_layernorm)
                 _copy_norm(blk.norm2, layer.post_attention_layernorm)
-                for name in ("gate_proj", "up_proj", "down_proj"):
-                    getattr(blk.mlp, name).weight.copy_(getattr(layer.mlp, name).weight)
+                for name, weight in mlp_weights(layer).items():
+                    getattr(blk.mlp, name).weight.copy_(weight)
             _copy_norm(dec.norm, m.norm)
         dec.embeddings.table_t.copy_(hf.get_input_embeddings().weight.T)
         if not cfg.tie_embeddings:

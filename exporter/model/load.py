@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from ..errors import UserError
 
 DEFAULT_MODEL = "smollm2"
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gpt2")
+ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 
 
 @dataclass
@@ -64,7 +65,8 @@ def resolve(model: str | None) -> tuple[str, dict, str]:
 GGUF_VALUE_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
                       12: "<d"}          # GGUF metadata value types of fixed size; 8 is a string, 9 an array
 GGUF_STRING, GGUF_ARRAY = 8, 9
-SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "gpt2")     # llama.cpp's names (Mistral ships as llama)
+SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3", "gpt2")   # llama.cpp's names (Mistral ships
+                                                                              # as llama); those transformers reads
 
 
 def _unpack(f, fmt: str):
@@ -125,20 +127,31 @@ def check_gguf(path: str) -> None:
                         f"GGUF architectures: {', '.join(SUPPORTED_GGUF_ARCHITECTURES)}")
 
 
+def sliding_window(config) -> int | None:
+    """The attention window a config turns on, or None: qwen2/qwen3/smollm3 only with use_sliding_window, and a
+    window that covers every position (Phi-4-mini's 262,144) is no window."""
+    window = getattr(config, "sliding_window", None)
+    if config.model_type in ("qwen2", "qwen3", "smollm3") and not getattr(config, "use_sliding_window", False):
+        return None
+    if window is None or window >= config.max_position_embeddings:
+        return None
+    return window
+
+
 def check_supported(config) -> None:
     """One-line refusal for architectures and variants the compact decoder does not implement."""
     mt = getattr(config, "model_type", None)
     if mt not in SUPPORTED_MODEL_TYPES:
         raise UserError(f"architecture {mt!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
-    if mt in ("mistral", "qwen2", "llama"):
-        window = getattr(config, "sliding_window", None)
-        if window is not None and (mt != "qwen2" or getattr(config, "use_sliding_window", False)):
+    if mt != "gpt2":
+        window = sliding_window(config)
+        if window is not None:
             raise UserError(f"{mt} with sliding_window={window} is not supported yet; "
                             "use a config with sliding_window: null")
         rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
         rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type not in ("default", "linear", "llama3"):
-            raise UserError(f"rope type {rope_type!r} is not supported yet; supported: default, linear, llama3")
+        if rope_type not in ROPE_TYPES:
+            raise UserError(f"rope type {rope_type!r} is not supported yet; supported: {', '.join(ROPE_TYPES)}")
     if mt == "gpt2" and getattr(config, "scale_attn_by_inverse_layer_idx", False):
         raise UserError("gpt2 with scale_attn_by_inverse_layer_idx is not supported yet")
 

@@ -27,6 +27,7 @@ import torch
 from ..calib.capture import key_tap
 from ..calib.statistics import Statistics
 from ..model.config import DecoderConfig
+from ..model.rope import rope_of
 from ..model.weights import attention_weights
 from .basis import principal_basis
 
@@ -60,12 +61,14 @@ def head_blocks(second_moment: torch.Tensor, heads: int) -> torch.Tensor:
     return torch.stack([second_moment[h * d:(h + 1) * d, h * d:(h + 1) * d] for h in range(heads)])
 
 
-def rope_matrices(inv_freq: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """R(delta) (n, d, d) with apply_rope(x, delta) == R(delta) @ x (halves convention, attention/apply_rope)."""
-    ang = offsets.double()[:, None] * inv_freq.double()[None, :]          # (n, d/2)
+def rope_matrices(inv_freq: torch.Tensor, offsets: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """R(delta) (n, d, d) with apply_rope(x, delta) == R(delta) @ x (halves convention, model/rope.apply_rope).
+    A partial rotary (2 len(inv_freq) < dim) leaves the last numbers of the head as they are."""
+    ang = offsets.double()[:, None] * inv_freq.double()[None, :]          # (n, r/2)
     c, s = ang.cos(), ang.sin()
     half = inv_freq.shape[0]
-    R = torch.zeros(len(offsets), 2 * half, 2 * half, dtype=torch.float64)
+    dim = dim or 2 * half
+    R = torch.eye(dim, dtype=torch.float64).repeat(len(offsets), 1, 1)    # (n, d, d)
     i = torch.arange(half)
     R[:, i, i] = c
     R[:, i + half, i + half] = c
@@ -79,7 +82,7 @@ def rotation_averaged(moment: torch.Tensor, inv_freq: torch.Tensor, window: int)
     window - t, so offsets are weighted that way."""
     t = torch.arange(window)
     weights = (window - t).double()
-    R = rope_matrices(inv_freq, -t)                                         # key before query: n - m = -t
+    R = rope_matrices(inv_freq, -t, moment.shape[0])                        # key before query: n - m = -t
     avg = torch.einsum("n,nji,jk,nkl->il", weights, R, moment, R) / weights.sum()
     return (avg + avg.T) / 2
 
@@ -113,7 +116,8 @@ def output_metrics(hf, cfg: DecoderConfig, stats: Statistics, key_mode: str):
     code minimises is tr(metric (I - P) covariance (I - P)^T), what the layer's attention output feels."""
     accs, calibration = stats.accumulators, stats.calibration
     pre = key_tap(cfg, key_mode) == "key_pre"
-    inv_freq = hf.model.rotary_emb.inv_freq if pre else None
+    # the frequencies the calibration windows' keys were rotated with (LongRoPE: by the window's length)
+    inv_freq = rope_of(hf).frequencies_for_length(calibration["window"]) if pre else None
 
     @cache      # searches (ranks/auto.py) fit many times from the same statistics
     def metric(i: int, kind: str):
@@ -121,7 +125,8 @@ def output_metrics(hf, cfg: DecoderConfig, stats: Statistics, key_mode: str):
             cov = attention_output_covariance(accs[(i, "value_mix")], accs[(i, "value")].mean)
             return cov, value_metric(attention_weights(hf, cfg, i)["o"], cfg)
         queries = accs[(i, "query_pre" if pre else "query_post")].covariance(centered=False)
-        return accs[(i, key_tap(cfg, key_mode))].covariance(), key_metric(queries, cfg, inv_freq,
+        rotation = inv_freq if cfg.rope_on(i) else None                     # NoPE layers: no rotation to average
+        return accs[(i, key_tap(cfg, key_mode))].covariance(), key_metric(queries, cfg, rotation,
                                                                           calibration["window"])
     return metric
 

@@ -20,7 +20,10 @@ from validate.interop import compare
     ("llama", 8, "post-rope", "concat", None), ("qwen2", 8, "pre-rope", "concat", None),
     ("gpt2", 9, "post-rope", "concat", None), ("llama", "full", "pre-rope", "shared-buffer", None),
     ("llama", 8, "post-rope", "shared-buffer", None), ("llama", "full", "pre-rope", "shared-buffer", "int8"),
-    ("qwen2", "full", "pre-rope", "shared-buffer", "int8")])
+    ("qwen2", "full", "pre-rope", "shared-buffer", "int8"),
+    # the newer families: K=full, a compressed export, the int8 default
+    *[(arch, k, mode, cache, kv_dtype) for arch in ("qwen3", "phi3", "smollm3", "llama3") for k, mode, cache, kv_dtype in
+      (("full", "pre-rope", "concat", None), (8, "pre-rope", "concat", None), ("full", "pre-rope", "shared-buffer", "int8"))]])
 def test_genai_matches_our_runtime(arch, k, mode, cache, kv_dtype, tiny_export):
     """Prefill and 64 decode steps: random tiny models may emit EOS early, so the prompt is the first seed's
     that runs the full 64 tokens in our runtime (genai must then match all 64). Shared-buffer exports: genai

@@ -15,7 +15,10 @@ from validate.parity import check_parity
 from validate.tolerances import within
 
 CASES = [("llama", "full", "pre-rope"), ("llama", 8, "post-rope"), ("qwen2", 8, "post-rope"),
-         ("mistral", "full", "pre-rope"), ("gpt2", "full", "post-rope"), ("gpt2", 8, "post-rope")]
+         ("mistral", "full", "pre-rope"), ("gpt2", "full", "post-rope"), ("gpt2", 8, "post-rope"),
+         # q/k norms before the op; LongRoPE's tables computed in the graph; a NoPE layer the op does not rotate
+         ("qwen3", "full", "pre-rope"), ("qwen3", 8, "post-rope"), ("phi3", "full", "pre-rope"),
+         ("phi3", 8, "post-rope"), ("smollm3", "full", "pre-rope"), ("smollm3", 8, "post-rope")]
 
 
 @pytest.mark.parametrize("arch,k,mode", CASES)

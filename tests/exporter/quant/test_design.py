@@ -21,7 +21,14 @@ QUANT_CASES = [("llama", "full", "pre-rope", None, "spectral", "static"),
                ("qwen2", 8, "pre-rope", "output-aware", "uniform", "static"),
                ("mistral", "full", "post-rope", None, "spectral", "token"),
                ("gpt2", "full", "post-rope", "raw", "uniform", "static"),
-               ("gpt2", "full", "post-rope", None, "spectral", "static")]
+               ("gpt2", "full", "post-rope", None, "spectral", "static"),
+               ("qwen3", 8, "pre-rope", None, "spectral", "static"),     # the code sits after k_norm
+               ("qwen3", "full", "post-rope", None, "spectral", "token"),
+               ("phi3", 8, "pre-rope", None, "spectral", "static"),      # LongRoPE
+               ("phi3", "full", "post-rope", None, "spectral", "static"),
+               ("smollm3", 8, "pre-rope", None, "spectral", "static"),   # its NoPE layer scores in k-space
+               ("smollm3", "full", "post-rope", None, "spectral", "token"),
+               ("llama3", 8, "pre-rope", None, "spectral", "static")]
 
 
 def quant_export(tiny_export, arch, k, mode, method, allocation, scales, ratio=4.0):

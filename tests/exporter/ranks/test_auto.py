@@ -62,3 +62,19 @@ def test_auto_and_training_fit_a_model_with_few_positions(tiny_export):
     assert info["choice"]["dims"] <= 100
     out = tiny_export("gpt2", 16, method="trained", train=TrainOptions(max_steps=2, eval_every=2))
     assert json.load(open(os.path.join(out, "projectors.json")))["training"]["window"] == 511
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "phi3", "smollm3"])
+def test_auto_ranks_and_trained_projectors_on_the_newer_families(arch, tiny_export):
+    """K=auto's probes and the training loop run through k_norm (qwen3), LongRoPE (phi3) and NoPE layers
+    (smollm3); the exports they choose pass parity."""
+    from exporter.options import TrainOptions
+    from tests.helpers import load_ref, prompts
+    from validate.ort_model import OrtModel
+    from validate.parity import check_parity
+    for out in (tiny_export(arch, "auto", auto=AutoOptions(budget_bytes=48 * 4, probe_tokens=256,
+                                                           heldout_tokens=2048)),
+                tiny_export(arch, 8, method="trained", train=TrainOptions(max_steps=2, eval_every=2))):
+        _, _, ref, meta = load_ref(out)
+        result = check_parity(ref, OrtModel(out, meta), prompts(meta.sink["token_id"]), meta.pad_token_id)
+        assert result.passed and result.greedy_identical, result.to_json()
