@@ -47,12 +47,16 @@ def config(arch: str):
         return Qwen2Config(**common, rope_theta=10000.0, use_sliding_window=False)
     if arch == "qwen3":     # q_norm / k_norm before RoPE (their weights drawn away from 1 in make())
         return Qwen3Config(**common, rope_theta=10000.0, use_sliding_window=False)
-    if arch == "phi3":      # fused qkv_proj / gate_up_proj, LongRoPE: the test prompts pass its original 32
-        # positions, so the long factors rotate them (the calibration windows' too)
-        half = common["head_dim"] // 2
-        return Phi3Config(**common, original_max_position_embeddings=32, rope_parameters={
+    if arch in ("phi3", "phi4"):  # fused qkv_proj / gate_up_proj, LongRoPE: the test prompts pass its original
+        # 32 positions, so the long factors rotate them (the calibration windows' too); phi4 (Phi-4-mini's quirk,
+        # not in ARCHS): RoPE on the first 3/4 of each head only
+        partial = 0.75 if arch == "phi4" else 1.0   # onnxruntime's fused op: rotated pairs a multiple of 8
+        sizes = dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=1, head_dim=64) if partial < 1 else {}
+        half = int(sizes.get("head_dim", common["head_dim"]) * partial) // 2
+        return Phi3Config(**{**common, **sizes}, original_max_position_embeddings=32, rope_parameters={
             "rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 32, "factor": 16.0,
-            "short_factor": [1.0 + 0.1 * i for i in range(half)], "long_factor": [1.0 + 2.0 * i for i in range(half)]})
+            "partial_rotary_factor": partial, "short_factor": [1.0 + 0.1 * i for i in range(half)],
+            "long_factor": [1.0 + 2.0 * i for i in range(half)]})
     if arch == "smollm3":   # layer 1 is a NoPE layer (the real model: every fourth)
         return SmolLM3Config(**common, rope_theta=10000.0, no_rope_layers=[1, 0])
     if arch == "mistral":

@@ -97,7 +97,7 @@ class _RotaryEmbedding(torch.autograd.Function):
     """onnxruntime's RotaryEmbedding (com.microsoft): one node for RoPE, HF's half-split convention."""
 
     @staticmethod
-    def forward(ctx, x, position_ids, cos_cache, sin_cache, heads):
+    def forward(ctx, x, position_ids, cos_cache, sin_cache, heads, rotary_dim):
         B, T, _ = x.shape
         x = x.view(B, T, heads, -1)                                              # (B, T, n, s)
         cos = cos_cache[position_ids].repeat(1, 1, 2)[:, :, None]                # (B, T, 1, s)
@@ -105,16 +105,20 @@ class _RotaryEmbedding(torch.autograd.Function):
         return apply_rope(x, cos, sin).reshape(B, T, -1)
 
     @staticmethod
-    def symbolic(g, x, position_ids, cos_cache, sin_cache, heads):
+    def symbolic(g, x, position_ids, cos_cache, sin_cache, heads, rotary_dim):
+        # rotary_embedding_dim: a partial rotary (the tables cover rotary_dim / 2 pairs of each head); 0 = all
         out = g.op("com.microsoft::RotaryEmbedding", x, position_ids, cos_cache, sin_cache, interleaved_i=0,
-                   num_heads_i=heads)
+                   num_heads_i=heads, rotary_embedding_dim_i=rotary_dim)
         out.setType(x.type())
         return out
 
 
 def rotary_embedding(x, position_ids, cos_cache, sin_cache, heads: int):
-    """x (B, T, n*s) rotated at position_ids (B, T) from (P, s/2) tables: one fused node in the graph."""
-    return _RotaryEmbedding.apply(x, position_ids, cos_cache, sin_cache, heads)
+    """x (B, T, n*s) rotated at position_ids (B, T) from (P, r/2) tables (r < s: a partial rotary, the rest of
+    each head as it is): one fused node in the graph."""
+    rotary_dim = 2 * int(cos_cache.shape[1])
+    return _RotaryEmbedding.apply(x, position_ids, cos_cache, sin_cache, heads,
+                                  0 if rotary_dim * heads == x.shape[-1] else rotary_dim)
 
 
 def group_query_attention(q, k, v, past_k, past_v, lengths, heads: int, kv_heads: int, scale: float,

@@ -13,7 +13,7 @@ from validate.parity import check_parity
 from validate.tolerances import within
 
 
-CASES = [(arch, k, mode) for arch in ARCHS if arch != "gpt2" for k, mode in
+CASES = [(arch, k, mode) for arch in ARCHS + ("phi4",) if arch != "gpt2" for k, mode in
          (("full", "pre-rope"), (8, "pre-rope"), (8, "post-rope"))] + [("gpt2", "full", "post-rope"),
                                                                        ("gpt2", 9, "post-rope")]
 

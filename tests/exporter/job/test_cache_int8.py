@@ -21,7 +21,7 @@ def int8_export(tiny_export, arch, rotation="hadamard"):
     return tiny_export(arch, "full", "pre-rope", cache="shared-buffer", kv_dtype="int8", kv_rotation=rotation)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCHS + ("phi4",))
 def test_int8_cache_matches_the_reference_and_its_bytes(arch, tiny_export):
     export = int8_export(tiny_export, arch)
     hf, _, ref, meta = load_ref(export)

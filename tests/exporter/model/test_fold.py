@@ -12,7 +12,7 @@ from tests.tiny_models import ARCHS
 from validate.tolerances import HF_LOGIT_RTOL, within
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCHS + ("phi4",))
 def test_reference_at_full_rank_reproduces_hf(arch, tiny_export):
     """Prefill of a padded batch, then 16 cached greedy steps compared with HF recomputing the whole sequence."""
     hf, _, ref, meta = load_ref(tiny_export(arch, "full"))

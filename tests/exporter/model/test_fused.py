@@ -18,7 +18,8 @@ CASES = [("llama", "full", "pre-rope"), ("llama", 8, "post-rope"), ("qwen2", 8, 
          ("mistral", "full", "pre-rope"), ("gpt2", "full", "post-rope"), ("gpt2", 8, "post-rope"),
          # q/k norms before the op; LongRoPE's tables computed in the graph; a NoPE layer the op does not rotate
          ("qwen3", "full", "pre-rope"), ("qwen3", 8, "post-rope"), ("phi3", "full", "pre-rope"),
-         ("phi3", 8, "post-rope"), ("smollm3", "full", "pre-rope"), ("smollm3", 8, "post-rope")]
+         ("phi3", 8, "post-rope"), ("smollm3", "full", "pre-rope"), ("smollm3", 8, "post-rope"),
+         ("phi4", "full", "pre-rope")]      # partial rotary: the op rotates the first 3/4 of each head
 
 
 @pytest.mark.parametrize("arch,k,mode", CASES)
@@ -127,3 +128,16 @@ def test_prompts_of_different_lengths_share_one_buffer(kw, tiny_export):
     got = Generator(export, provider="cpu", prefill_chunk=5).generate([p[1:] for p in prompts], max_new_tokens=10,
                                                                       stop_token_ids=[])
     assert got.tokens == [reference_greedy(ref, p, 10) for p in prompts]
+
+
+def test_a_partial_rotary_the_op_cannot_take_is_refused(tiny_model_dir):
+    """onnxruntime's fused op rotates a multiple of 8 pairs: a model rotating 6 pairs of 16 (phi4's 3/4 at
+    head_dim 16) is refused before export, with the fix."""
+    from exporter.job.checks import check_shared_buffer
+    from exporter.model.fold import build_decoder
+    from exporter.model.load import load
+    decoder = build_decoder(load(tiny_model_dir("phi4")).model)
+    check_shared_buffer(decoder)                                # 24 of 64 pairs: taken
+    decoder.rope.inv_freq = decoder.rope.inv_freq[:6]           # 12 numbers of 64 rotated
+    with pytest.raises(UserError, match="rotates 12 of 64: use CACHE=concat"):
+        check_shared_buffer(decoder)
