@@ -11,6 +11,10 @@ a compressed one has kv_heads = 1 and head_size = k, its latent rank (one latent
 a quantized one (exporter/codec/quantizer.py) is uint8 with kv_heads = 1 and head_size = its packed bytes per
 token; one that onnxruntime's fused attention quantizes itself (exporter/codec/cache_quant.py) is int8 of the
 uncompressed shape.
+A windowed layer (sliding-window attention, window W: a token sees itself and the W-1 tokens before it) keeps
+only what the next token can see: its present holds the last min(past+seq, W-1) tokens, and its past is the
+previous step's present, so its seq axis differs from the other layers' and from attention_mask's; the graph
+reads the mask's last past+seq columns for it.
 The names are those optimum and onnxruntime-genai use, so other runtimes can drive the graph.
 
 Two variants of the cache update (export.json "cache_update"):
@@ -54,11 +58,16 @@ class CacheShape:
     kv_heads: int
     head_size: int
     dtype: str | None = None        # None: the layout's dtype; 'uint8': packed codes (head_size = bytes/token)
+    window: int | None = None       # sliding-window attention: the cache holds at most window - 1 tokens
 
     @property
     def width(self) -> int:
         """Numbers stored per token."""
         return self.kv_heads * self.head_size
+
+    def tokens_held(self, tokens: int) -> int:
+        """Tokens this cache holds after a sequence of `tokens`."""
+        return tokens if self.window is None else min(tokens, self.window - 1)
 
 
 @dataclass(frozen=True)
@@ -104,14 +113,27 @@ class CacheLayout:
 
 def kv_bytes_per_token(layout: CacheLayout, extra_bytes_per_token: int = 0) -> int:
     """Bytes the cache grows by per token, all layers, keys and values: the one source of every KV-size figure.
+    Windowed layers stop growing once their window is full, so the figure is the growth beyond every window
+    (`kv_bytes` counts what they hold before that).
 
     extra_bytes_per_token is for codecs that store side information per token outside the cache tensors (a
     quantized cache keeps its token scales inside its uint8 tensors, so they are counted by width).
     """
-    shapes = layout.keys + layout.values
-    return sum(s.width * CACHE_DTYPE_BYTES[layout.dtype_of(s)] for s in shapes) + extra_bytes_per_token
+    shapes = [s for s in layout.keys + layout.values if s.window is None]
+    return sum(token_bytes(layout, s) for s in shapes) + extra_bytes_per_token
+
+
+def cached_token_bytes(layout: CacheLayout) -> int:
+    """Bytes one token takes in every cache that holds it, windowed layers included: what a code's ratio
+    against another is about (equal to kv_bytes_per_token without windows)."""
+    return sum(token_bytes(layout, s) for s in layout.keys + layout.values)
+
+
+def token_bytes(layout: CacheLayout, shape: CacheShape) -> int:
+    """Bytes one token takes in one cache tensor."""
+    return shape.width * CACHE_DTYPE_BYTES[layout.dtype_of(shape)]
 
 
 def kv_bytes(layout: CacheLayout, tokens: int, batch: int = 1) -> int:
-    """Bytes of the whole cache for a batch of sequences of `tokens` tokens."""
-    return kv_bytes_per_token(layout) * tokens * batch
+    """Bytes of the whole cache for a batch of sequences of `tokens` tokens (windowed layers: their window's)."""
+    return sum(token_bytes(layout, s) * s.tokens_held(tokens) for s in layout.keys + layout.values) * batch

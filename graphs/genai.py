@@ -27,6 +27,9 @@ def genai_config(meta: ExportMetadata, max_length: int | None = None) -> dict:
     if meta.layout.quantized and not int8:      # genai sizes int8 caches from the graph, as its own builder's
         raise ValueError("onnxruntime-genai allocates float caches; this export's cache is packed uint8 codes "
                          "(QUANT): run it with our runtime, or export without QUANT for genai")
+    if any(s.window for s in meta.layout.keys + meta.layout.values):
+        raise ValueError("onnxruntime-genai allocates every layer's cache for the whole sequence; this export's "
+                         "sliding-window layers keep only their window: run it with our runtime")
     shape = uniform_shape(meta.layout)
     if shape is None:
         raise ValueError("onnxruntime-genai needs one cache shape for every layer's keys and values; export "

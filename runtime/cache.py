@@ -63,7 +63,7 @@ class KVCache:
         self.values = values  # past name -> OrtValue (B, kv_heads, past or capacity, head_size)
         self.shared = shared
         self.host = host      # CPU shared buffers: the numpy arrays the OrtValues wrap (rows bind as views)
-        self._length = 0      # tokens held, shared buffers only (a concat cache's length is its shape)
+        self._length = 0      # tokens per sequence so far (a windowed layer's concat cache holds fewer)
 
     @classmethod
     def empty(cls, layout: CacheLayout, batch: int, device: Device) -> "KVCache":
@@ -94,7 +94,7 @@ class KVCache:
     @property
     def length(self) -> int:
         """Tokens held per sequence (the past length; padding included)."""
-        return self._length if self.shared else next(iter(self.values.values())).shape()[2]
+        return self._length
 
     @property
     def batch(self) -> int:
@@ -137,7 +137,6 @@ class KVCache:
     def advance(self, outputs: dict[str, ort.OrtValue], new_tokens: int) -> None:
         """After a step: the shared buffers now hold new_tokens more; a concat cache takes the step's present
         OrtValues (by output name) as the next past. No data moves either way."""
-        if self.shared:
-            self._length += new_tokens
-        else:
+        self._length += new_tokens
+        if not self.shared:
             self.values = {past: outputs[present] for _, _, past, present in self.layout.names()}

@@ -61,13 +61,21 @@ def config(arch: str):
         return SmolLM3Config(**common, rope_theta=10000.0, no_rope_layers=[1, 0])
     if arch == "mistral":
         return MistralConfig(**common, rope_theta=10000.0, sliding_window=None)
+    # sliding windows smaller than the test prompts (40 and 29 tokens): every layer (Mistral's), or layer 1 only
+    # (Qwen2's max_window_layers: layers from that index on)
+    if arch == "mistral_window":
+        return MistralConfig(**common, rope_theta=10000.0, sliding_window=16)
+    if arch == "qwen2_window":
+        return Qwen2Config(**common, rope_theta=10000.0, use_sliding_window=True, sliding_window=12,
+                           max_window_layers=1)
     if arch == "gpt2":
         return GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=512, bos_token_id=2,
                           eos_token_id=2)
     raise ValueError(arch)
 
 
-ARCHS = ("llama", "llama3", "qwen2", "qwen3", "phi3", "smollm3", "mistral", "gpt2")
+ARCHS = ("llama", "llama3", "qwen2", "qwen3", "phi3", "smollm3", "mistral", "mistral_window", "qwen2_window", "gpt2")
+UNWINDOWED = tuple(a for a in ARCHS if not a.endswith("_window"))   # what CACHE=shared-buffer takes
 
 
 def make(arch: str, path: str, seed: int = 0, **overrides) -> str:
@@ -83,7 +91,7 @@ def make(arch: str, path: str, seed: int = 0, **overrides) -> str:
         for p in model.parameters():
             if p.dim() == 2:
                 p.mul_(3.0)
-        if arch == "qwen2":  # make the q/k/v biases matter
+        if arch.startswith("qwen2"):  # make the q/k/v biases matter
             for layer in model.model.layers:
                 for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                     m.bias.normal_(0, 0.5)

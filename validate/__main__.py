@@ -77,8 +77,8 @@ def main(argv=None) -> int:
         print(f"KV bytes per token: {measured} measured from the ONNX outputs, {meta.kv_bytes_per_token} estimated"
               f" -> {'equal' if measured == meta.kv_bytes_per_token else 'DIFFERENT'}")
         m = meta.model
-        original = CacheLayout.uniform(m["num_layers"], CacheShape(m["num_kv_heads"], m["head_dim"]),
-                                       CacheShape(m["num_kv_heads"], m["head_dim"]))
+        original = CacheLayout(*(tuple(CacheShape(m["num_kv_heads"], m["head_dim"], None, s.window) for s in shapes)
+                                 for shapes in (meta.layout.keys, meta.layout.values)))  # same sliding windows
         report = {"export": export, "model": m["source"], "key_mode": meta.key_mode, "ranks": meta.ranks,
                   "ranks_summary": {k: ranks_summary(v) for k, v in meta.ranks.items()},
                   "command": "python -m validate " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:])),

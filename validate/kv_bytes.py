@@ -8,8 +8,11 @@ from __future__ import annotations
 import numpy as np
 
 
-def measured_bytes_per_token(ort_model, prompt_tokens: int = 8) -> int:
-    """Bytes of every present tensor after prompt_tokens + 1 tokens minus after prompt_tokens (batch 1)."""
+def measured_bytes_per_token(ort_model, prompt_tokens: int | None = None) -> int:
+    """Bytes of every present tensor after prompt_tokens + 1 tokens minus after prompt_tokens (batch 1). The
+    default is 8 tokens, or enough to fill every sliding window (whose layers then stop growing)."""
+    if prompt_tokens is None:
+        prompt_tokens = max([8] + [s.window for s in ort_model.layout.keys + ort_model.layout.values if s.window])
     ids = (np.arange(prompt_tokens, dtype=np.int64) % 100 + 3)[None]               # (1, n)
     mask = np.ones_like(ids)
     _, past = ort_model(ids, mask, np.arange(prompt_tokens)[None], ort_model.empty_past(1))

@@ -97,6 +97,9 @@ def check_shared_buffer(decoder) -> None:
         if a.key_rank is not None and a.key_rank % 8:
             raise UserError(f"CACHE=shared-buffer needs K a multiple of 8 (onnxruntime's kernel), got "
                             f"{a.key_rank}: pick K={a.key_rank + 8 - a.key_rank % 8} or CACHE=concat")
+    if decoder.cfg.windows:
+        raise UserError("CACHE=shared-buffer cannot bound a sliding-window layer's cache (onnxruntime's fused op "
+                        "writes every token into its buffer): use CACHE=concat")
     pairs = decoder.rope.inv_freq.shape[0] if decoder.rope is not None else None
     if pairs is not None and 2 * pairs < decoder.cfg.head_dim and pairs % 8:
         raise UserError(f"CACHE=shared-buffer rotates inside onnxruntime's fused op, whose partial rotary must be a "

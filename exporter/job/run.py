@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from graphs.contract import DTYPE_BYTES
+from graphs.contract import DTYPE_BYTES, cached_token_bytes
 from graphs.metadata import ExportMetadata
 
 from ..calib.tokens import chat_wrapper, stop_tokens
@@ -111,9 +111,11 @@ def run_export(o: ExportOptions, loaded=None) -> str:
         check_out_dir(out)
         meta = export_into(job, out, key_rank, value_rank)
         point_latest(out, o.build_dir)
-    print(f"wrote {out} ({meta.kv_bytes_per_token} KV bytes/token, "
-          f"uncompressed {2 * cfg.num_layers * cfg.kv_dim * DTYPE_BYTES[o.dtype]}"
-          + (f", {float16_bytes(cfg) / meta.kv_bytes_per_token:.2f}x fewer than float16" if quantized else "")
+    windows = sorted({s.window for s in meta.layout.keys if s.window})
+    print(f"wrote {out} ({meta.kv_bytes_per_token} KV bytes/token"
+          + (f" beyond the sliding windows ({cached_token_bytes(meta.layout)} within)" if windows else "")
+          + f", uncompressed {2 * cfg.num_layers * cfg.kv_dim * DTYPE_BYTES[o.dtype]}"
+          + (f", {float16_bytes(cfg) / cached_token_bytes(meta.layout):.2f}x fewer than float16" if quantized else "")
           + f") in {time.time() - t0:.0f} s")
     return out
 

@@ -50,13 +50,15 @@ def _packed(*linears: nn.Linear) -> nn.Linear:
 class Attention(nn.Module):
     """One layer's attention. Built by `model/fold.build_attention` from HF weights and optional projectors."""
 
-    def __init__(self, cfg, key_mode: str, key_rank: int | None, value_rank: int | None, rope: bool = True):
+    def __init__(self, cfg, key_mode: str, key_rank: int | None, value_rank: int | None, rope: bool = True,
+                 window: int | None = None):
         super().__init__()
         H, G, d, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
         self.H, self.G, self.d = H, G, d
         self.scale = d ** -0.5
         self.key_mode = "full" if key_rank is None else key_mode
         self.rope = rope            # False: a NoPE layer, whatever positions the decoder hands it
+        self.window = window        # sliding window: the decoder masks to it; the present keeps window - 1 tokens
         # Qwen3: RMSNorm over each head of q and k, before RoPE
         self.q_norm = RMSNorm(d, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(d, cfg.norm_eps) if cfg.qk_norm else None
@@ -116,6 +118,8 @@ class Attention(nn.Module):
         probs = torch.softmax(scores * self.scale + mask, dim=-1)
         out, present_v = self._mix(x, probs, past_v, sink_slots)            # (B, H, T, d or r)
         y = self.o_proj(out.transpose(1, 2).reshape(B, T, -1))              # (B, T, D)
+        if self.window:                 # what the next token can see: its window - 1 predecessors
+            present_k, present_v = present_k[:, :, 1 - self.window:], present_v[:, :, 1 - self.window:]
         return y, present_k, present_v
 
     def _queries(self, x, rope_new):

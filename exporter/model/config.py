@@ -10,6 +10,8 @@ The llama family's members differ by small quirks, each a field here that a laye
     qwen3        q_norm, k_norm: RMSNorm over each head's d numbers of q and k, before RoPE
     phi3         q/k/v and gate/up stored fused (split on load), LongRoPE (short/long factors)
     smollm3      NoPE layers: every fourth layer has no RoPE
+Any of them may have sliding-window layers (Mistral's sliding_window, Qwen's use_sliding_window with
+max_window_layers, layer_types): `windows` holds each layer's window, 0 for a global layer.
 
 Entry point: `from_hf(hf_config)` -> DecoderConfig.
 """
@@ -34,6 +36,7 @@ class DecoderConfig:
     tie_embeddings: bool
     qk_norm: bool = False                               # qwen3
     nope_layers: tuple[int, ...] = field(default=())    # smollm3: layers without RoPE
+    windows: tuple[int, ...] = field(default=())        # per layer, 0 = global; () = no windowed layer
 
     @property
     def kv_dim(self) -> int:
@@ -44,6 +47,10 @@ class DecoderConfig:
     def has_rope(self) -> bool:
         return self.family == "llama"
 
+    def window(self, layer: int) -> int | None:
+        """The layer's attention window (it sees itself and window - 1 tokens before), or None: global."""
+        return (self.windows[layer] or None) if self.windows else None
+
     def rope_on(self, layer: int) -> bool:
         """Whether this layer rotates its queries and keys (a NoPE layer scores them as they are)."""
         return self.has_rope and layer not in self.nope_layers
@@ -52,11 +59,31 @@ class DecoderConfig:
         """The fields, less the quirks a model does not have: a model without any hashes as it did before the
         quirks existed (model_fingerprint hashes this), so earlier projector files and caches still match."""
         js = asdict(self)
-        js["nope_layers"] = list(self.nope_layers)
-        for name in ("qk_norm", "nope_layers"):
+        js["nope_layers"], js["windows"] = list(self.nope_layers), list(self.windows)
+        for name in ("qk_norm", "nope_layers", "windows"):
             if not js[name]:
                 del js[name]
         return js
+
+
+def sliding_window(config) -> int | None:
+    """The attention window a config turns on, or None: qwen2/qwen3/smollm3 only with use_sliding_window, and a
+    window that covers every position (Phi-4-mini's 262,144) is no window."""
+    window = getattr(config, "sliding_window", None)
+    if config.model_type in ("qwen2", "qwen3", "smollm3") and not getattr(config, "use_sliding_window", False):
+        return None
+    if window is None or window >= config.max_position_embeddings:
+        return None
+    return int(window)
+
+
+def layer_windows(config) -> tuple[int, ...]:
+    """Each layer's window (0: global) from sliding_window and layer_types (every layer when it has none)."""
+    window, n = sliding_window(config), config.num_hidden_layers
+    if window is None:
+        return ()
+    types = getattr(config, "layer_types", None) or ["sliding_attention"] * n
+    return tuple(window if t == "sliding_attention" else 0 for t in types[:n])
 
 
 def _llama_family(config, **quirks) -> DecoderConfig:
@@ -67,7 +94,8 @@ def _llama_family(config, **quirks) -> DecoderConfig:
     return DecoderConfig("llama", mt, config.num_hidden_layers, config.hidden_size, heads,
                          getattr(config, "num_key_value_heads", None) or heads, head_dim, config.vocab_size,
                          config.rms_norm_eps, config.max_position_embeddings, bias,
-                         bool(getattr(config, "tie_word_embeddings", False)), **quirks)
+                         bool(getattr(config, "tie_word_embeddings", False)), windows=layer_windows(config),
+                         **quirks)
 
 
 def from_hf(config) -> DecoderConfig:

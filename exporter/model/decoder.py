@@ -33,15 +33,31 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x)), present_k, present_v
 
 
-def causal_padding_mask(attention_mask: torch.Tensor, T: int, dtype) -> torch.Tensor:
-    """Additive mask (B, 1, T, S): query i (absolute position S-T+i) sees key j if j <= S-T+i and j is not padding.
+def causal_padding_mask(attention_mask: torch.Tensor, T: int, dtype, window: int | None = None,
+                        kept=None) -> torch.Tensor:
+    """Additive mask (B, 1, T, S): query i (absolute slot S-T+i) sees key j if j <= S-T+i and j is not padding;
+    with a window, also j > S-T+i - window (HF's sliding window: itself and window - 1 before). kept: a windowed
+    layer's cache holds only the last `kept` slots, so the mask is (B, 1, T, kept), the mask's last columns.
+    Slots and positions differ by the left padding only, so a window of slots is a window of positions.
 
     A finite minimum, not -inf, so fully padded query rows give a harmless uniform softmax instead of NaN."""
     S = attention_mask.shape[1]
     keys = torch.arange(S, device=attention_mask.device)                       # (S,)
     queries = torch.arange(T, device=attention_mask.device) + (S - T)          # (T,)
-    allowed = (keys[None, :] <= queries[:, None])[None, None] & (attention_mask[:, None, None, :] > 0)
+    allowed = keys[None, :] <= queries[:, None]                                # (T, S)
+    if window:
+        allowed = allowed & (keys[None, :] > queries[:, None] - window)
+    allowed = allowed[None, None] & (attention_mask[:, None, None, :] > 0)     # (B, 1, T, S)
+    if kept is not None:
+        allowed = allowed[..., S - kept:]                                       # (B, 1, T, kept)
     return torch.zeros((), dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def last_slots(rope_all, sink_slots, S: int, kept):
+    """rope_all (cos, sin) (B, 1, S, d) and sink_slots (B, S) cut to a windowed layer's last `kept` slots."""
+    if rope_all is not None:
+        rope_all = tuple(t[:, :, S - kept:] for t in rope_all)
+    return rope_all, None if sink_slots is None else sink_slots[:, S - kept:]
 
 
 def last_positions(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
@@ -105,10 +121,19 @@ class Decoder(nn.Module):
             elif self.needs_all_positions:  # pre-rope layers rotate every cached key: positions from the mask
                 rope_all = self.rope((attention_mask.cumsum(-1) - 1).clamp(min=0))
         sink_slots = first_slots(attention_mask) if self.quantized else None              # (B, S)
-        presents = []
+        presents, windowed = [], {}
         for i, block in enumerate(self.blocks):
             self._tap_hidden(block, x)
-            x, k, v = block(x, rope_new, rope_all, mask, past[2 * i], past[2 * i + 1], sink_slots)
+            layer = (rope_all, mask, sink_slots)
+            window = self.cfg.window(i)
+            if window and not self.fused:      # its cache holds past + T slots, the mask's last columns
+                if window not in windowed:     # layers of one window hold as many slots: one mask for them all
+                    kept = past[2 * i].shape[2] + T
+                    layer_rope, layer_sinks = last_slots(rope_all, sink_slots, attention_mask.shape[1], kept)
+                    windowed[window] = (layer_rope, causal_padding_mask(attention_mask, T, x.dtype, window, kept),
+                                        layer_sinks)
+                layer = windowed[window]
+            x, k, v = block(x, rope_new, layer[0], layer[1], past[2 * i], past[2 * i + 1], layer[2])
             presents += [k, v]
         if logits_to_keep is not None:
             x = last_positions(x, logits_to_keep)                                   # (B, n, D)

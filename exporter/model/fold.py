@@ -31,7 +31,8 @@ def build_attention(hf, cfg: DecoderConfig, i: int, proj: Projectors | None) -> 
     mode = proj.key_mode if proj else "full"
     if not cfg.rope_on(i):          # a NoPE layer's keys are the same before and after: score them in k-space
         mode = "post-rope"
-    attn = Attention(cfg, mode, key.rank if key else None, value.rank if value else None, rope=cfg.rope_on(i))
+    attn = Attention(cfg, mode, key.rank if key else None, value.rank if value else None, rope=cfg.rope_on(i),
+                     window=cfg.window(i))
     if cfg.qk_norm:
         a = hf_layers(hf)[i].self_attn
         _copy_norm(attn.q_norm, a.q_norm)

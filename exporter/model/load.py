@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import UserError
+from .config import sliding_window
 
 DEFAULT_MODEL = "smollm2"
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gpt2")
@@ -127,17 +128,6 @@ def check_gguf(path: str) -> None:
                         f"GGUF architectures: {', '.join(SUPPORTED_GGUF_ARCHITECTURES)}")
 
 
-def sliding_window(config) -> int | None:
-    """The attention window a config turns on, or None: qwen2/qwen3/smollm3 only with use_sliding_window, and a
-    window that covers every position (Phi-4-mini's 262,144) is no window."""
-    window = getattr(config, "sliding_window", None)
-    if config.model_type in ("qwen2", "qwen3", "smollm3") and not getattr(config, "use_sliding_window", False):
-        return None
-    if window is None or window >= config.max_position_embeddings:
-        return None
-    return window
-
-
 def check_supported(config) -> None:
     """One-line refusal for architectures and variants the compact decoder does not implement."""
     mt = getattr(config, "model_type", None)
@@ -145,9 +135,8 @@ def check_supported(config) -> None:
         raise UserError(f"architecture {mt!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
     if mt != "gpt2":
         window = sliding_window(config)
-        if window is not None:
-            raise UserError(f"{mt} with sliding_window={window} is not supported yet; "
-                            "use a config with sliding_window: null")
+        if window is not None and window < 2:
+            raise UserError(f"{mt} with sliding_window={window} sees no earlier token: use a window of 2 or more")
         rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in ROPE_TYPES:

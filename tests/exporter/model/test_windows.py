@@ -1,0 +1,61 @@
+"""Sliding-window layers (Mistral's sliding_window, Qwen2's use_sliding_window from max_window_layers): masked
+to their window in prefill and decode, and a cache that never holds more than the window. Parity with HF and
+the reference is in test_fold.py / validate/test_parity.py (the *_window architectures); this is the cache."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from exporter.errors import UserError
+from graphs.contract import kv_bytes
+from graphs.metadata import load_metadata
+from runtime import Generator
+from tests.helpers import load_ref, prompts, reference_greedy
+from validate.kv_bytes import measured_bytes_per_token
+from validate.ort_model import OrtModel
+
+WINDOWS = {"mistral_window": (16, 16), "qwen2_window": (None, 12)}      # per layer, tests/tiny_models.py
+
+
+@pytest.mark.parametrize("arch,k,mode", [("mistral_window", "full", "pre-rope"), ("qwen2_window", "full", "pre-rope"),
+                                         ("qwen2_window", 8, "pre-rope"), ("mistral_window", 8, "post-rope")])
+def test_a_windowed_layer_never_holds_more_than_its_window(arch, k, mode, tiny_export):
+    """A prompt of 3x the window, then decode steps: every windowed present tensor holds window - 1 tokens,
+    every global one all of them; export.json says which layers are windowed."""
+    export = tiny_export(arch, k, mode)
+    meta = load_metadata(export)
+    windows = WINDOWS[arch]
+    assert [s.window for s in meta.layout.keys] == list(windows) == [s.window for s in meta.layout.values]
+    model = OrtModel(export, meta)
+    n = 3 * max(w for w in windows if w)
+    ids = np.array([prompts(meta.sink["token_id"], (n - 1,))[0]], np.int64)          # (1, n) with the sink
+    _, past = model(ids, np.ones_like(ids), np.arange(n)[None], model.empty_past(1))
+    for step in range(3):
+        for (layer, kind, _, _), present in zip(meta.layout.names(), past):
+            window = windows[layer]
+            assert present.shape[2] == (window - 1 if window else n + step), (layer, kind, present.shape)
+        total = n + step + 1
+        _, past = model(np.array([[7]]), np.ones((1, total), np.int64), np.array([[total - 1]]), past)
+
+
+def test_windowed_bytes_estimate_measure_and_the_runtime(tiny_export):
+    """Per-token growth counts the global layers only (measured past every window), the whole cache counts the
+    windows; our runtime generates the reference's tokens; genai is told why it cannot run the export."""
+    export = tiny_export("qwen2_window", "full")
+    meta = load_metadata(export)
+    per_layer = 2 * meta.model["num_kv_heads"] * meta.model["head_dim"] * 4        # keys and values, float32
+    assert meta.kv_bytes_per_token == measured_bytes_per_token(OrtModel(export, meta)) == per_layer   # layer 0
+    assert kv_bytes(meta.layout, 100) == per_layer * (100 + 11)                    # + layer 1's 11 tokens
+    _, _, ref, meta = load_ref(export)
+    batch = prompts(meta.sink["token_id"], (35, 22))                               # left-padded together
+    got = Generator(export, provider="cpu").generate([p[1:] for p in batch], max_new_tokens=20, stop_token_ids=[])
+    assert got.tokens == [reference_greedy(ref, p, 20) for p in batch]
+    assert not os.path.exists(os.path.join(export, "genai_config.json"))
+    assert "sliding-window" in meta.extra["genai"]
+
+
+def test_a_shared_buffer_cannot_bound_a_window(tiny_export):
+    with pytest.raises(UserError, match="sliding-window layer's cache .* use CACHE=concat"):
+        tiny_export("mistral_window", "full", "pre-rope", cache="shared-buffer")
