@@ -31,8 +31,8 @@ def _tokenizer(path: str):
 
 
 def config(arch: str):
-    from transformers import GPT2Config, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config, \
-        SmolLM3Config
+    from transformers import Gemma3TextConfig, GPT2Config, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config, \
+        Qwen3Config, SmolLM3Config
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
                   rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False)
@@ -61,6 +61,13 @@ def config(arch: str):
         return SmolLM3Config(**common, rope_theta=10000.0, no_rope_layers=[1, 0])
     if arch == "mistral":
         return MistralConfig(**common, rope_theta=10000.0, sliding_window=None)
+    if arch == "gemma3":    # Gemma 3 1B's layout at toy size: one KV head, a windowed layer (window 16 < the test
+        # prompts, its own RoPE base) and a global one (linear RoPE scaling), scores by query_pre_attn_scalar
+        return Gemma3TextConfig(**{**common, "num_key_value_heads": 1, "head_dim": 32, "tie_word_embeddings": True,
+                                   "rms_norm_eps": 1e-6}, query_pre_attn_scalar=24, sliding_window=16,
+                                layer_types=["sliding_attention", "full_attention"], rope_parameters={
+                                    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                    "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}})
     # sliding windows smaller than the test prompts (40 and 29 tokens): every layer (Mistral's), or layer 1 only
     # (Qwen2's max_window_layers: layers from that index on)
     if arch == "mistral_window":
@@ -74,8 +81,9 @@ def config(arch: str):
     raise ValueError(arch)
 
 
-ARCHS = ("llama", "llama3", "qwen2", "qwen3", "phi3", "smollm3", "mistral", "mistral_window", "qwen2_window", "gpt2")
-UNWINDOWED = tuple(a for a in ARCHS if not a.endswith("_window"))   # what CACHE=shared-buffer takes
+ARCHS = ("llama", "llama3", "qwen2", "qwen3", "phi3", "smollm3", "gemma3", "mistral", "mistral_window",
+         "qwen2_window", "gpt2")
+UNWINDOWED = tuple(a for a in ARCHS if not a.endswith("_window") and a != "gemma3")  # what CACHE=shared-buffer takes
 
 
 def make(arch: str, path: str, seed: int = 0, **overrides) -> str:
@@ -95,10 +103,14 @@ def make(arch: str, path: str, seed: int = 0, **overrides) -> str:
             for layer in model.model.layers:
                 for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                     m.bias.normal_(0, 0.5)
-        if arch == "qwen3":  # make the per-head q/k norms matter
+        if arch in ("qwen3", "gemma3"):  # make the per-head q/k norms matter (Gemma's scale by 1 + w)
             for layer in model.model.layers:
                 for norm in (layer.self_attn.q_norm, layer.self_attn.k_norm):
-                    norm.weight.normal_(1.0, 0.5)
+                    norm.weight.normal_(1.0 if arch == "qwen3" else 0.0, 0.5)
+        if arch == "gemma3":             # and its four norms per layer (zeros at init: 1 + 0)
+            for name, p in model.named_parameters():
+                if name.endswith("layernorm.weight") or name == "model.norm.weight":
+                    p.normal_(0.0, 0.3)
     model.save_pretrained(path)
     _tokenizer(path)
     return path

@@ -55,7 +55,7 @@ class Attention(nn.Module):
         super().__init__()
         H, G, d, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
         self.H, self.G, self.d = H, G, d
-        self.scale = d ** -0.5
+        self.scale = cfg.score_scale or d ** -0.5
         self.key_mode = "full" if key_rank is None else key_mode
         self.rope = rope            # False: a NoPE layer, whatever positions the decoder hands it
         self.window = window        # sliding window: the decoder masks to it; the present keeps window - 1 tokens

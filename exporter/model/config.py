@@ -10,6 +10,8 @@ The llama family's members differ by small quirks, each a field here that a laye
     qwen3        q_norm, k_norm: RMSNorm over each head's d numbers of q and k, before RoPE
     phi3         q/k/v and gate/up stored fused (split on load), LongRoPE (short/long factors)
     smollm3      NoPE layers: every fourth layer has no RoPE
+    gemma3_text  GeGLU, embeddings x sqrt(D), (1 + w) RMSNorm, norms after attention and MLP too, q/k norms,
+                 scores scaled by query_pre_attn_scalar^-1/2, sliding-window layers with their own RoPE base
 Any of them may have sliding-window layers (Mistral's sliding_window, Qwen's use_sliding_window with
 max_window_layers, layer_types): `windows` holds each layer's window, 0 for a global layer.
 
@@ -37,6 +39,10 @@ class DecoderConfig:
     qk_norm: bool = False                               # qwen3
     nope_layers: tuple[int, ...] = field(default=())    # smollm3: layers without RoPE
     windows: tuple[int, ...] = field(default=())        # per layer, 0 = global; () = no windowed layer
+    sandwich_norms: bool = False                        # gemma3: a norm after attention and after the MLP
+    embed_scale: float | None = None                    # gemma3: embeddings x sqrt(hidden_size)
+    score_scale: float | None = None                    # gemma3: query_pre_attn_scalar^-1/2; None: head_dim^-1/2
+    mlp_activation: str = "silu"                        # gemma3: 'gelu_tanh' (GeGLU)
 
     @property
     def kv_dim(self) -> int:
@@ -60,10 +66,14 @@ class DecoderConfig:
         quirks existed (model_fingerprint hashes this), so earlier projector files and caches still match."""
         js = asdict(self)
         js["nope_layers"], js["windows"] = list(self.nope_layers), list(self.windows)
-        for name in ("qk_norm", "nope_layers", "windows"):
-            if not js[name]:
+        for name in QUIRKS:
+            if js[name] == QUIRKS[name]:
                 del js[name]
         return js
+
+
+QUIRKS = {"qk_norm": False, "nope_layers": [], "windows": [], "sandwich_norms": False, "embed_scale": None,
+          "score_scale": None, "mlp_activation": "silu"}      # field -> the value of a model without the quirk
 
 
 def sliding_window(config) -> int | None:
@@ -106,6 +116,9 @@ def from_hf(config) -> DecoderConfig:
                              config.n_positions, True, True)
     if mt == "qwen3":
         return _llama_family(config, qk_norm=True)
+    if mt == "gemma3_text":
+        return _llama_family(config, qk_norm=True, sandwich_norms=True, embed_scale=config.hidden_size ** 0.5,
+                             score_scale=config.query_pre_attn_scalar ** -0.5, mlp_activation="gelu_tanh")
     if mt == "smollm3":
         return _llama_family(config, nope_layers=tuple(i for i, rope in enumerate(config.no_rope_layers)
                                                        if not rope and i < config.num_hidden_layers))

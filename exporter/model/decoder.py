@@ -1,6 +1,8 @@
 """The compact decoder: embeddings, N blocks of (norm, attention, norm, MLP), final norm, LM head.
 
 One module for both families; the differences are a norm type, an MLP type, and RoPE vs learned positions.
+The llama family's quirks (model/config.py) are switches here: norms after attention and MLP (Gemma 3), scaled
+embeddings, a second RoPE for the sliding-window layers (Gemma 3's local base).
 Its forward is the ONNX contract (graphs/contract.py): input_ids, attention_mask, position_ids, then the flat
 past cache (key, value per layer) in; logits and the flat present cache out.
 
@@ -24,13 +26,17 @@ class Block(nn.Module):
         Norm = (lambda: RMSNorm(cfg.hidden_size, cfg.norm_eps)) if cfg.family == "llama" else \
             (lambda: nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps))
         self.norm1, self.attn, self.norm2 = Norm(), attn, Norm()
-        self.mlp = GatedMLP(cfg.hidden_size, mlp_hidden) if cfg.family == "llama" else \
+        self.mlp = GatedMLP(cfg.hidden_size, mlp_hidden, cfg.mlp_activation) if cfg.family == "llama" else \
             GeluMLP(cfg.hidden_size, mlp_hidden)
+        # Gemma 3 norms what attention and the MLP add to the residual stream, too
+        self.post_attn_norm = Norm() if cfg.sandwich_norms else None
+        self.post_mlp_norm = Norm() if cfg.sandwich_norms else None
 
     def forward(self, x, rope_new, rope_all, mask, past_k, past_v, sink_slots=None):
         a, present_k, present_v = self.attn(self.norm1(x), rope_new, rope_all, mask, past_k, past_v, sink_slots)
-        x = x + a
-        return x + self.mlp(self.norm2(x)), present_k, present_v
+        x = x + (a if self.post_attn_norm is None else self.post_attn_norm(a))
+        m = self.mlp(self.norm2(x))
+        return x + (m if self.post_mlp_norm is None else self.post_mlp_norm(m)), present_k, present_v
 
 
 def causal_padding_mask(attention_mask: torch.Tensor, T: int, dtype, window: int | None = None,
@@ -77,12 +83,13 @@ def first_slots(attention_mask: torch.Tensor) -> torch.Tensor:
 
 class Decoder(nn.Module):
     def __init__(self, cfg: DecoderConfig, attentions: list[Attention], mlp_hidden: int,
-                 rope: Rope | None):
+                 rope: Rope | None, local_rope: Rope | None = None):
         super().__init__()
         self.cfg = cfg
         self.embeddings = Embeddings(cfg.vocab_size, cfg.hidden_size, cfg.tie_embeddings)
         self.pos_embed = nn.Embedding(cfg.max_positions, cfg.hidden_size) if cfg.family == "gpt2" else None
         self.rope = rope
+        self.local_rope = local_rope    # the sliding-window layers' own RoPE (Gemma 3's local base), or None
         self.blocks = nn.ModuleList(Block(cfg, a, mlp_hidden) for a in attentions)
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps) if cfg.family == "llama" else \
             nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
@@ -90,6 +97,7 @@ class Decoder(nn.Module):
 
     def use_fused_attention(self) -> "Decoder":
         """Every layer through onnxruntime's GroupQueryAttention: the shared-buffer cache variant."""
+        assert self.local_rope is None, "windowed layers never run fused (job/checks.py)"
         for b in self.blocks:
             b.attn.use_fused()
         self.fused = True
@@ -107,6 +115,8 @@ class Decoder(nn.Module):
         """
         T = input_ids.shape[1]
         x = self.embeddings.embed(input_ids)                                         # (B, T, D)
+        if self.cfg.embed_scale is not None:
+            x = x * torch.tensor(self.cfg.embed_scale, dtype=x.dtype)
         if self.pos_embed is not None:
             x = x + self.pos_embed(position_ids)
         if self.fused:   # GroupQueryAttention masks itself from the sequence lengths (no left padding)
@@ -121,19 +131,26 @@ class Decoder(nn.Module):
             elif self.needs_all_positions:  # pre-rope layers rotate every cached key: positions from the mask
                 rope_all = self.rope((attention_mask.cumsum(-1) - 1).clamp(min=0))
         sink_slots = first_slots(attention_mask) if self.quantized else None              # (B, S)
+        local_new = local_all = None
+        if self.local_rope is not None:
+            local_new = self.local_rope(position_ids)
+            if self.needs_all_positions:
+                local_all = self.local_rope((attention_mask.cumsum(-1) - 1).clamp(min=0))
         presents, windowed = [], {}
         for i, block in enumerate(self.blocks):
             self._tap_hidden(block, x)
-            layer = (rope_all, mask, sink_slots)
+            layer = (rope_new, rope_all, mask, sink_slots)
             window = self.cfg.window(i)
             if window and not self.fused:      # its cache holds past + T slots, the mask's last columns
                 if window not in windowed:     # layers of one window hold as many slots: one mask for them all
                     kept = past[2 * i].shape[2] + T
-                    layer_rope, layer_sinks = last_slots(rope_all, sink_slots, attention_mask.shape[1], kept)
-                    windowed[window] = (layer_rope, causal_padding_mask(attention_mask, T, x.dtype, window, kept),
-                                        layer_sinks)
+                    local = self.local_rope is not None
+                    layer_rope, layer_sinks = last_slots(local_all if local else rope_all, sink_slots,
+                                                         attention_mask.shape[1], kept)
+                    windowed[window] = (local_new if local else rope_new, layer_rope,
+                                        causal_padding_mask(attention_mask, T, x.dtype, window, kept), layer_sinks)
                 layer = windowed[window]
-            x, k, v = block(x, rope_new, layer[0], layer[1], past[2 * i], past[2 * i + 1], layer[2])
+            x, k, v = block(x, layer[0], layer[1], layer[2], past[2 * i], past[2 * i + 1], layer[3])
             presents += [k, v]
         if logits_to_keep is not None:
             x = last_positions(x, logits_to_keep)                                   # (B, n, D)

@@ -13,7 +13,7 @@ from ..codec.quantizer import quantizer_for
 from .attention import Attention
 from .config import DecoderConfig, from_hf
 from .decoder import Decoder
-from .rope import rope_of
+from .rope import local_rope_of, rope_of
 from .weights import attention_weights, hf_layers, mlp_weights
 
 
@@ -89,10 +89,14 @@ def build_attention(hf, cfg: DecoderConfig, i: int, proj: Projectors | None) -> 
 
 
 def _copy_norm(dst, src):
+    """A norm's weights; Gemma's RMSNorm scales by 1 + w (computed in float32, as HF does), ours by its weight."""
     with torch.no_grad():
-        dst.weight.copy_(src.weight)
+        dst.weight.copy_(src.weight.float() + 1.0 if type(src).__name__ in PLUS_ONE_NORMS else src.weight)
         if getattr(dst, "bias", None) is not None:
             dst.bias.copy_(src.bias)
+
+
+PLUS_ONE_NORMS = ("Gemma3RMSNorm",)
 
 
 def build_decoder(hf, proj: Projectors | None = None) -> Decoder:
@@ -105,7 +109,7 @@ def build_decoder(hf, proj: Projectors | None = None) -> Decoder:
         mlp_hidden = hf.transformer.h[0].mlp.c_fc.weight.shape[1]
     else:
         mlp_hidden = mlp_weights(hf.model.layers[0])["gate_proj"].shape[0]
-    dec = Decoder(cfg, attns, mlp_hidden, rope_of(hf))
+    dec = Decoder(cfg, attns, mlp_hidden, rope_of(hf), local_rope_of(hf))
     with torch.no_grad():
         if cfg.family == "gpt2":
             t = hf.transformer
@@ -120,7 +124,12 @@ def build_decoder(hf, proj: Projectors | None = None) -> Decoder:
             m = hf.model
             for blk, layer in zip(dec.blocks, m.layers):
                 _copy_norm(blk.norm1, layer.input_layernorm)
-                _copy_norm(blk.norm2, layer.post_attention_layernorm)
+                if cfg.sandwich_norms:     # Gemma 3: post_attention_layernorm norms attention's output
+                    _copy_norm(blk.post_attn_norm, layer.post_attention_layernorm)
+                    _copy_norm(blk.norm2, layer.pre_feedforward_layernorm)
+                    _copy_norm(blk.post_mlp_norm, layer.post_feedforward_layernorm)
+                else:
+                    _copy_norm(blk.norm2, layer.post_attention_layernorm)
                 for name, weight in mlp_weights(layer).items():
                     getattr(blk.mlp, name).weight.copy_(weight)
             _copy_norm(dec.norm, m.norm)

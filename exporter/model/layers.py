@@ -1,4 +1,5 @@
-"""The decoder's small layers: RMSNorm, the two MLPs (Llama's SwiGLU, GPT-2's GELU), embeddings and LM head.
+"""The decoder's small layers: RMSNorm, the two MLPs (Llama's SwiGLU or Gemma's GeGLU, GPT-2's GELU),
+embeddings and LM head. Gemma's (1 + w) RMSNorm is this RMSNorm holding 1 + w (model/fold.py adds the one).
 
 One module each, with HF's exact arithmetic so K=full matches the HF model to float rounding.
 
@@ -21,17 +22,21 @@ class RMSNorm(nn.Module):
         return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
 
 
-class GatedMLP(nn.Module):
-    """Llama's SwiGLU."""
+ACTIVATIONS = {"silu": F.silu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
-    def __init__(self, dim: int, hidden: int):
+
+class GatedMLP(nn.Module):
+    """Llama's SwiGLU, or Gemma's GeGLU (activation 'gelu_tanh')."""
+
+    def __init__(self, dim: int, hidden: int, activation: str = "silu"):
         super().__init__()
         self.gate_proj = nn.Linear(dim, hidden, bias=False)
         self.up_proj = nn.Linear(dim, hidden, bias=False)
         self.down_proj = nn.Linear(hidden, dim, bias=False)
+        self.act = ACTIVATIONS[activation]
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
 class GeluMLP(nn.Module):

@@ -20,7 +20,7 @@ from ..errors import UserError
 from .config import sliding_window
 
 DEFAULT_MODEL = "smollm2"
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gpt2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma3_text", "gpt2")
 ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 
 
@@ -131,6 +131,9 @@ def check_gguf(path: str) -> None:
 def check_supported(config) -> None:
     """One-line refusal for architectures and variants the compact decoder does not implement."""
     mt = getattr(config, "model_type", None)
+    if mt == "gemma3" and getattr(config, "text_config", None) is not None:
+        raise UserError("gemma3 here is the multimodal model (a vision tower beside the decoder), which is not "
+                        "supported: export its text-only checkpoint (model_type gemma3_text, e.g. gemma-3-1b-it)")
     if mt not in SUPPORTED_MODEL_TYPES:
         raise UserError(f"architecture {mt!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
     if mt != "gpt2":
@@ -138,9 +141,15 @@ def check_supported(config) -> None:
         if window is not None and window < 2:
             raise UserError(f"{mt} with sliding_window={window} sees no earlier token: use a window of 2 or more")
         rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type not in ROPE_TYPES:
-            raise UserError(f"rope type {rope_type!r} is not supported yet; supported: {', '.join(ROPE_TYPES)}")
+        for params in rope.values() if all(isinstance(v, dict) for v in rope.values()) and rope else [rope]:
+            rope_type = params.get("rope_type", params.get("type", "default"))   # (Gemma 3: one per layer type)
+            if rope_type not in ROPE_TYPES:
+                raise UserError(f"rope type {rope_type!r} is not supported yet; supported: {', '.join(ROPE_TYPES)}")
+        for name in ("attn_logit_softcapping", "final_logit_softcapping"):
+            if getattr(config, name, None) is not None:
+                raise UserError(f"{mt} with {name}={getattr(config, name)} is not supported yet")
+        if getattr(config, "use_bidirectional_attention", False):
+            raise UserError(f"{mt} with use_bidirectional_attention (an encoder) is not supported: export a causal LM")
     if mt == "gpt2" and getattr(config, "scale_attn_by_inverse_layer_idx", False):
         raise UserError("gpt2 with scale_attn_by_inverse_layer_idx is not supported yet")
 

@@ -10,7 +10,9 @@ LongRoPE (Phi-3): two sets of frequencies, the short one while the sequence is w
 length and the long one beyond it. Like HF, the choice is made per call from the largest position: a prompt that
 crosses the length uses the long set everywhere, and a cached key keeps the set it was rotated with.
 
-Entry point: `rope_of(hf)` -> Rope or None; `apply_rope`.
+Gemma 3 has two: its sliding-window layers rotate with their own base (`local_rope_of`).
+
+Entry point: `rope_of(hf)` -> Rope or None, `local_rope_of(hf)`, `layer_rope(...)`; `apply_rope`.
 """
 from __future__ import annotations
 
@@ -70,12 +72,35 @@ class Rope(nn.Module):
         return emb.cos() * self.scaling, emb.sin() * self.scaling
 
 
+def _per_layer_type(rot, layer_type: str) -> Rope:
+    """One of a rotary embedding's per-layer-type sets (Gemma 3: full_attention, sliding_attention)."""
+    return Rope(getattr(rot, f"{layer_type}_inv_freq"), getattr(rot, f"{layer_type}_attention_scaling"))
+
+
+def local_rope_of(hf) -> Rope | None:
+    """The sliding-window layers' RoPE where it differs from the global layers' (Gemma 3), else None."""
+    rot = getattr(getattr(hf, "model", None), "rotary_emb", None)
+    if "sliding_attention" not in getattr(rot, "layer_types", ()):
+        return None
+    return _per_layer_type(rot, "sliding_attention")
+
+
+def layer_rope(cfg, layer: int, rope: Rope | None, local_rope: Rope | None) -> Rope | None:
+    """The RoPE layer `layer` rotates with: none (GPT-2, NoPE layers), the local one (a windowed layer of a
+    model that has one), or the global one."""
+    if not cfg.rope_on(layer):
+        return None
+    return local_rope if local_rope is not None and cfg.window(layer) else rope
+
+
 def rope_of(hf) -> Rope | None:
     """The HF model's RoPE as a Rope (None for GPT-2). HF's inv_freq buffer is overwritten by LongRoPE's last
     call, so LongRoPE's two sets are computed again from the config here."""
     if hf.config.model_type == "gpt2":
         return None
     rot = hf.model.rotary_emb
+    if "full_attention" in getattr(rot, "layer_types", ()):
+        return _per_layer_type(rot, "full_attention")
     scaling = getattr(rot, "attention_scaling", 1.0)
     if getattr(rot, "rope_type", "default") != "longrope":
         return Rope(rot.inv_freq, scaling)

@@ -27,7 +27,7 @@ import torch
 from ..calib.capture import key_tap
 from ..calib.statistics import Statistics
 from ..model.config import DecoderConfig
-from ..model.rope import rope_of
+from ..model.rope import layer_rope, local_rope_of, rope_of
 from ..model.weights import attention_weights
 from .basis import principal_basis
 
@@ -116,8 +116,7 @@ def output_metrics(hf, cfg: DecoderConfig, stats: Statistics, key_mode: str):
     code minimises is tr(metric (I - P) covariance (I - P)^T), what the layer's attention output feels."""
     accs, calibration = stats.accumulators, stats.calibration
     pre = key_tap(cfg, key_mode) == "key_pre"
-    # the frequencies the calibration windows' keys were rotated with (LongRoPE: by the window's length)
-    inv_freq = rope_of(hf).frequencies_for_length(calibration["window"]) if pre else None
+    ropes = (rope_of(hf), local_rope_of(hf)) if pre else None
 
     @cache      # searches (ranks/auto.py) fit many times from the same statistics
     def metric(i: int, kind: str):
@@ -125,7 +124,9 @@ def output_metrics(hf, cfg: DecoderConfig, stats: Statistics, key_mode: str):
             cov = attention_output_covariance(accs[(i, "value_mix")], accs[(i, "value")].mean)
             return cov, value_metric(attention_weights(hf, cfg, i)["o"], cfg)
         queries = accs[(i, "query_pre" if pre else "query_post")].covariance(centered=False)
-        rotation = inv_freq if cfg.rope_on(i) else None                     # NoPE layers: no rotation to average
+        rope = layer_rope(cfg, i, *ropes) if pre else None                  # NoPE layers: no rotation to average
+        # the frequencies the calibration windows' keys were rotated with (LongRoPE: by the window's length)
+        rotation = rope.frequencies_for_length(calibration["window"]) if rope is not None else None
         return accs[(i, key_tap(cfg, key_mode))].covariance(), key_metric(queries, cfg, rotation,
                                                                           calibration["window"])
     return metric

@@ -80,7 +80,7 @@ def test_analyze_cli_writes_json_report_and_plots(tiny_model_dir, tmp_path, caps
     assert "error: --whole 'everything' is unknown" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("arch,quality", [("qwen3", True), ("phi3", False), ("smollm3", False)])
+@pytest.mark.parametrize("arch,quality", [("qwen3", True), ("phi3", False), ("smollm3", False), ("gemma3", True)])
 def test_analysis_runs_on_the_newer_families(arch, quality, tiny_model_dir, tmp_path):
     """Phi-3's fused weights reach the weight spectra; Qwen3's key codes sit after k_norm, which no k_proj edit
     can hold, so its perplexity rows run on the reference decoder, and the report says so."""

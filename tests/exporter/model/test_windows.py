@@ -16,11 +16,12 @@ from tests.helpers import load_ref, prompts, reference_greedy
 from validate.kv_bytes import measured_bytes_per_token
 from validate.ort_model import OrtModel
 
-WINDOWS = {"mistral_window": (16, 16), "qwen2_window": (None, 12)}      # per layer, tests/tiny_models.py
+WINDOWS = {"mistral_window": (16, 16), "qwen2_window": (None, 12), "gemma3": (16, None)}   # tests/tiny_models.py
 
 
 @pytest.mark.parametrize("arch,k,mode", [("mistral_window", "full", "pre-rope"), ("qwen2_window", "full", "pre-rope"),
-                                         ("qwen2_window", 8, "pre-rope"), ("mistral_window", 8, "post-rope")])
+                                         ("qwen2_window", 8, "pre-rope"), ("mistral_window", 8, "post-rope"),
+                                         ("gemma3", "full", "pre-rope"), ("gemma3", 8, "post-rope")])
 def test_a_windowed_layer_never_holds_more_than_its_window(arch, k, mode, tiny_export):
     """A prompt of 3x the window, then decode steps: every windowed present tensor holds window - 1 tokens,
     every global one all of them; export.json says which layers are windowed."""

@@ -31,7 +31,8 @@ QUANT_CASES = [("llama", "full", "pre-rope", None, "spectral", "static"),
                ("smollm3", "full", "post-rope", None, "spectral", "token"),
                ("llama3", 8, "pre-rope", None, "spectral", "static"),
                ("qwen2_window", 8, "pre-rope", None, "spectral", "static"),   # codes of a windowed layer
-               ("mistral_window", "full", "post-rope", None, "spectral", "token")]
+               ("mistral_window", "full", "post-rope", None, "spectral", "token"),
+               ("gemma3", 8, "pre-rope", None, "spectral", "static")]
 
 
 def quant_export(tiny_export, arch, k, mode, method, allocation, scales, ratio=4.0):

@@ -64,7 +64,7 @@ def test_auto_and_training_fit_a_model_with_few_positions(tiny_export):
     assert json.load(open(os.path.join(out, "projectors.json")))["training"]["window"] == 511
 
 
-@pytest.mark.parametrize("arch", ["qwen3", "phi3", "smollm3"])
+@pytest.mark.parametrize("arch", ["qwen3", "phi3", "smollm3", "gemma3"])
 def test_auto_ranks_and_trained_projectors_on_the_newer_families(arch, tiny_export):
     """K=auto's probes and the training loop run through k_norm (qwen3), LongRoPE (phi3) and NoPE layers
     (smollm3); the exports they choose pass parity."""
