@@ -6,7 +6,7 @@ Run it on two checkouts and diff the output to prove a change moved no byte (a r
 
 Give both the same --models: model.onnx and export.json name the model's path.
 
-The tiny models (tests/tiny_models.py, seed 0) are written once under --models; every export runs through the
+The tiny models (validate/tiny_models.py, seed 0) are written once under --models; every export runs through the
 CLI, `python -m exporter`, whose flags stay stable across refactors, with --out as its working directory (so its
 build/latest and statistics cache stay there). `projectors.json` of trained exports holds
 the training's wall time, so it differs between runs by design; the tensors do not.
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="build/tiny-models", help="where the tiny models are written once")
     p.add_argument("--archs", default="llama,qwen2,mistral,gpt2")
     a = p.parse_args(argv)
-    from tests import tiny_models
+    from validate import tiny_models
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     a.out, a.models = os.path.abspath(a.out), os.path.abspath(a.models)
     os.makedirs(a.out, exist_ok=True)

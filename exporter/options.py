@@ -118,6 +118,7 @@ class ExportOptions:
     train: TrainOptions = field(default_factory=TrainOptions)
     auto: AutoOptions = field(default_factory=AutoOptions)    # K=auto: the budget (ranks/auto.py)
     quant: QuantOptions = field(default_factory=QuantOptions) # a quantized cache (quant/design.py); off by default
+    default_export: bool = False        # set by with_default_export: the user shaped nothing
 
     @property
     def is_auto(self) -> bool:
@@ -135,7 +136,13 @@ def with_default_export(o: ExportOptions, given: set[str]) -> ExportOptions:
     (QUANT) export was asked for."""
     if given & set(SHAPING) or o.dtype != "float32" or o.quant.allocation is not None:
         return o
-    return replace(o, **DEFAULT_EXPORT)
+    return replace(o, **DEFAULT_EXPORT, default_export=True)
+
+
+def default_for_windows(o: ExportOptions) -> ExportOptions:
+    """The default export of a model with sliding-window layers: K=full in the concat contract, whose windowed
+    layers keep only their window (the fused op's shared buffer cannot bound them)."""
+    return replace(o, cache="concat", kv_dtype=None)
 
 
 def parse_percent(value: str) -> float:

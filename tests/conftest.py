@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests import tiny_models
+from validate import tiny_models
 from tests.helpers import CALIB_TOKENS
 
 

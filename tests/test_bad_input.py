@@ -23,7 +23,7 @@ from typing import Callable
 import pytest
 
 from exporter.errors import UserError
-from tests import tiny_models
+from validate import tiny_models
 from tests.helpers import REPO
 
 MAINS = {"exporter": "exporter.__main__", "validate": "validate.__main__", "runtime": "runtime.cli",
@@ -227,7 +227,7 @@ ROWS = [
     Row("exporter", "--out in a read-only directory", MODEL + ("--k", "full", "--out", "{read_only}/export"),
         r"--out .*: cannot write in .*pass a path in a writable directory"),
     Row("exporter", "unsupported architecture as GGUF", ("--model", "{gguf}", "--k", "8"),
-        r"phi3\.gguf holds architecture 'phi3', which is not supported; supported GGUF architectures: llama",
+        r"falcon\.gguf holds architecture 'falcon', which is not supported; supported GGUF architectures: llama",
         process=True),
     Row("exporter", "GGUF file truncated", ("--model", "{broken_gguf}", "--k", "8"),
         r"is not a GGUF file .*pass a complete GGUF file"),
@@ -244,7 +244,7 @@ ROWS = [
     Row("analyze", "--out is a file", ANALYZE + ("--out", "{file}"),
         r"--out .* exists and is not an earlier analysis; .*pass a new path", process=True),
     Row("analyze", "unsupported architecture as GGUF", ("--model", "{gguf}"),
-        r"holds architecture 'phi3', which is not supported"),
+        r"holds architecture 'falcon', which is not supported"),
 ]
 
 
@@ -254,12 +254,12 @@ ROWS = [
 
 @pytest.fixture(scope="module")
 def gguf_files(tmp_path_factory) -> dict:
-    """{'gguf': a tiny GGUF of an architecture we do not support (phi3), 'broken_gguf': the same cut short}."""
+    """{'gguf': a tiny GGUF of an architecture we do not support (falcon), 'broken_gguf': the same cut short}."""
     import gguf
     import numpy as np
     folder = tmp_path_factory.mktemp("gguf")
-    path = str(folder / "phi3.gguf")
-    w = gguf.GGUFWriter(path, "phi3")
+    path = str(folder / "falcon.gguf")
+    w = gguf.GGUFWriter(path, "falcon")
     w.add_context_length(64)
     w.add_embedding_length(16)
     w.add_block_count(1)
@@ -404,7 +404,7 @@ def test_unsupported_gguf_is_refused_from_its_header(gguf_files, monkeypatch):
         raise AssertionError("transformers must not read a GGUF of an unsupported architecture")
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", never)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", never)
-    with pytest.raises(UserError, match="holds architecture 'phi3', which is not supported"):
+    with pytest.raises(UserError, match="holds architecture 'falcon', which is not supported"):
         load(gguf_files["gguf"])
 
 

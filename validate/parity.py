@@ -119,3 +119,40 @@ def mean_kl(ref_logits: np.ndarray, ort_logits: np.ndarray, valid: np.ndarray | 
     o = torch.log_softmax(torch.from_numpy(ort_logits).double(), -1)
     kl = (r.exp() * (r - o)).sum(-1).numpy()                                # (B, T)
     return float(kl[valid].mean() if valid is not None else kl.mean())
+
+
+@dataclass
+class HfParity:
+    """The reference decoder at K=full against the HF model: cached greedy steps against HF recomputing."""
+    rel_diff: float            # max |HF logit - reference logit| / max |HF logit|, every valid position
+    greedy_identical: bool     # the reference's cached greedy tokens are HF's argmax at every step
+    steps: int
+
+    @property
+    def passed(self) -> bool:
+        from .tolerances import HF_LOGIT_RTOL
+        return self.rel_diff <= HF_LOGIT_RTOL and self.greedy_identical
+
+
+def check_hf_parity(hf, reference, prompts: list[list[int]], pad_id: int, steps: int = GREEDY_STEPS) -> HfParity:
+    """Prefill of a left-padded batch, then `steps` cached greedy steps of the reference; HF then recomputes the
+    whole sequence without a cache, and its logits and argmax must be the reference's (also recomputed)."""
+    ids, mask = left_pad(prompts, pad_id)
+    ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
+    B = ids.shape[0]
+    past = reference.empty_past(B)
+    with torch.no_grad():
+        for step in range(steps):
+            new = ids if step == 0 else ids[:, -1:]                         # prefill, then one token a step
+            pos = torch.from_numpy(position_ids(mask.numpy(), new.shape[1]))
+            out = reference(new, mask, pos, *past)
+            past = list(out[1:])
+            ids = torch.cat([ids, out[0][:, -1].argmax(-1, keepdim=True)], 1)
+            mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype)], 1)
+        full_pos = torch.from_numpy(position_ids(mask.numpy(), ids.shape[1]))
+        hf_logits = hf(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=full_pos[:, :-1]).logits
+        ref_logits = reference(ids[:, :-1], mask[:, :-1], full_pos[:, :-1], *reference.empty_past(B))[0]
+    valid = mask[:, :-1].bool()
+    diff = (hf_logits - ref_logits).abs()[valid].max().item()
+    rel = diff / hf_logits.abs()[valid].max().item()
+    return HfParity(rel, torch.equal(hf_logits[:, -steps:].argmax(-1), ids[:, -steps:]), steps)

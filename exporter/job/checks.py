@@ -33,11 +33,17 @@ def check_options(o: ExportOptions) -> None:
     has_cache_quant(o)
 
 
+WINDOWED_SHARED_BUFFER = ("CACHE=shared-buffer cannot bound a sliding-window layer's cache (onnxruntime's fused op "
+                          "writes every token into its buffer): use CACHE=concat")
+
+
 def check_against_model(o: ExportOptions, cfg) -> None:
     """What only the model's size tells, refused before any calibration: a K=auto budget it cannot meet, a
     QUANT_RATIO that leaves less than a byte per token for each coded tensor (keys and values of every layer)."""
     if o.is_auto:
         check_budget(o.auto, cfg.num_layers, DTYPE_BYTES[o.dtype])
+    if o.cache == "shared-buffer" and cfg.windows:
+        raise UserError(WINDOWED_SHARED_BUFFER)
     if o.quant.allocation is not None:
         tensors, fp16 = 2 * cfg.num_layers, float16_bytes(cfg)
         if fp16 // o.quant.ratio < tensors:
@@ -98,8 +104,7 @@ def check_shared_buffer(decoder) -> None:
             raise UserError(f"CACHE=shared-buffer needs K a multiple of 8 (onnxruntime's kernel), got "
                             f"{a.key_rank}: pick K={a.key_rank + 8 - a.key_rank % 8} or CACHE=concat")
     if decoder.cfg.windows:
-        raise UserError("CACHE=shared-buffer cannot bound a sliding-window layer's cache (onnxruntime's fused op "
-                        "writes every token into its buffer): use CACHE=concat")
+        raise UserError(WINDOWED_SHARED_BUFFER)
     pairs = decoder.rope.inv_freq.shape[0] if decoder.rope is not None else None
     if pairs is not None and 2 * pairs < decoder.cfg.head_dim and pairs % 8:
         raise UserError(f"CACHE=shared-buffer rotates inside onnxruntime's fused op, whose partial rotary must be a "

@@ -24,7 +24,7 @@ from ..model.decoder import Decoder
 from ..model.fold import build_decoder
 from ..model.load import Loaded, load
 from ..model.weights import model_fingerprint
-from ..options import ExportOptions
+from ..options import ExportOptions, default_for_windows
 from ..projectors.metric import output_metrics
 from .checks import check_against_model, check_options
 
@@ -51,6 +51,10 @@ class ExportJob:
         torch.manual_seed(o.seed)
         loaded = loaded or load(o.model, trust_remote_code=o.trust_remote_code)
         cfg = from_hf(loaded.model.config)
+        if o.default_export and cfg.windows:
+            o = default_for_windows(o)
+            print("sliding-window layers: the default export is K=full with a concat cache, whose windowed layers "
+                  "keep only their window", flush=True)
         check_against_model(o, cfg)
         if o.method is None:
             o = replace(o, method="output-aware" if o.is_auto else "pca")

@@ -7,13 +7,13 @@ import pytest
 
 from graphs.metadata import load_metadata
 from tests.helpers import assert_sink_exact_rest_changed, load_ref, prompts, reference_greedy
-from tests.tiny_models import ARCHS
+from validate.tiny_models import ARCHS, EXTRA
 from validate.ort_model import OrtModel
 from validate.parity import check_parity
 from validate.tolerances import within
 
 
-CASES = [(arch, k, mode) for arch in ARCHS + ("phi4",) if arch != "gpt2" for k, mode in
+CASES = [(arch, k, mode) for arch in ARCHS + EXTRA if arch != "gpt2" for k, mode in
          (("full", "pre-rope"), (8, "pre-rope"), (8, "post-rope"))] + [("gpt2", "full", "post-rope"),
                                                                        ("gpt2", 9, "post-rope")]
 

@@ -10,7 +10,7 @@ from exporter.errors import UserError
 from exporter.job.run import run_export
 from exporter.options import ExportOptions
 from graphs.metadata import ExportError, load_metadata
-from tests import tiny_models
+from validate import tiny_models
 
 
 def export(tmp_path, **kw):
@@ -23,17 +23,28 @@ def test_unknown_architecture_lists_the_supported_ones(tmp_path):
     from transformers import BertConfig
     BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                intermediate_size=64).save_pretrained(tmp_path / "bert")
-    with pytest.raises(UserError, match="'bert' is not supported; supported: llama, mistral, qwen2, gpt2"):
+    with pytest.raises(UserError, match="'bert' is not supported; supported: llama, mistral, qwen2, qwen3, phi3, "
+                                        "smollm3, gemma3_text, gpt2"):
         export(tmp_path, model=str(tmp_path / "bert"))
 
 
 @pytest.mark.parametrize("overrides,match", [
-    ({"sliding_window": 16}, "sliding_window=16 is not supported"),
+    ({"sliding_window": 1}, "sliding_window=1 sees no earlier token: use a window of 2 or more"),
     ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 2.0}}, "rope type 'yarn'"),
 ])
 def test_unsupported_variants_are_refused(tmp_path, overrides, match):
     d = tiny_models.make("mistral", str(tmp_path / "m"), **overrides)
     with pytest.raises(UserError, match=match):
+        export(tmp_path, model=d)
+
+
+def test_multimodal_and_softcapped_gemma_are_refused(tmp_path):
+    from transformers import Gemma3Config
+    Gemma3Config().save_pretrained(tmp_path / "gemma3")               # the vision tower beside the decoder
+    with pytest.raises(UserError, match="multimodal .* export its text-only checkpoint"):
+        export(tmp_path, model=str(tmp_path / "gemma3"))
+    d = tiny_models.make("gemma3", str(tmp_path / "g"), final_logit_softcapping=30.0)
+    with pytest.raises(UserError, match="final_logit_softcapping=30.0 is not supported"):
         export(tmp_path, model=d)
 
 

@@ -10,7 +10,7 @@ from exporter.codec.store import load_projectors
 from exporter.errors import UserError
 from runtime import Generator
 from tests.helpers import equal_prompts, load_ref, reference_greedy
-from tests.tiny_models import UNWINDOWED
+from validate.tiny_models import UNWINDOWED
 from validate.kv_bytes import measured_bytes_per_token
 from validate.ort_model import OrtModel
 from validate.parity import check_parity, hf_original

@@ -16,7 +16,7 @@ from tests.helpers import load_ref, prompts, reference_greedy
 from validate.kv_bytes import measured_bytes_per_token
 from validate.ort_model import OrtModel
 
-WINDOWS = {"mistral_window": (16, 16), "qwen2_window": (None, 12), "gemma3": (16, None)}   # tests/tiny_models.py
+WINDOWS = {"mistral_window": (16, 16), "qwen2_window": (None, 12), "gemma3": (16, None)}   # validate/tiny_models.py
 
 
 @pytest.mark.parametrize("arch,k,mode", [("mistral_window", "full", "pre-rope"), ("qwen2_window", "full", "pre-rope"),
@@ -60,3 +60,12 @@ def test_windowed_bytes_estimate_measure_and_the_runtime(tiny_export):
 def test_a_shared_buffer_cannot_bound_a_window(tiny_export):
     with pytest.raises(UserError, match="sliding-window layer's cache .* use CACHE=concat"):
         tiny_export("mistral_window", "full", "pre-rope", cache="shared-buffer")
+
+
+def test_the_default_export_of_a_windowed_model_is_a_bounded_concat_cache(tiny_export):
+    """`make export` alone asks for the int8 shared buffer, which cannot bound a window: a windowed model gets
+    K=full in the concat contract instead (said on the console), not a refusal."""
+    export = tiny_export("gemma3", "full", "pre-rope", cache="shared-buffer", kv_dtype="int8", default_export=True)
+    meta = load_metadata(export)
+    assert meta.cache_update == "concat" and not meta.layout.quantized
+    assert [s.window for s in meta.layout.keys] == [16, None]

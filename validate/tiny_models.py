@@ -1,7 +1,12 @@
-"""Tiny randomly initialised models of each supported architecture, saved as local HF directories.
+"""Tiny randomly initialised models of each supported architecture, saved as local HF directories: what the
+tests and `python -m validate.families` check parity on.
 
 No hub: configs are written here, weights drawn from a fixed seed, and a small byte-level BPE tokenizer is
-trained on a bit of text so the export path runs exactly as for a real model.
+trained on a bit of text so the export path runs exactly as for a real model. Each family's quirks are kept at
+toy size (a windowed layer with a window shorter than the test prompts, LongRoPE's original length passed by
+them, norms drawn away from their identity so they matter).
+
+Entry point: `make(arch, path)`; `ARCHS` (every family, in `make test`), `EXTRA` (variants: phi4).
 """
 from __future__ import annotations
 
@@ -83,6 +88,7 @@ def config(arch: str):
 
 ARCHS = ("llama", "llama3", "qwen2", "qwen3", "phi3", "smollm3", "gemma3", "mistral", "mistral_window",
          "qwen2_window", "gpt2")
+EXTRA = ("phi4",)     # Phi-4-mini's partial rotary on phi3: a variant, checked where it matters
 UNWINDOWED = tuple(a for a in ARCHS if not a.endswith("_window") and a != "gemma3")  # what CACHE=shared-buffer takes
 
 
