@@ -47,6 +47,7 @@ help:
 	@echo "make export [MODEL=id|dir|file.gguf] [K=full|N|auto] [K_KEY=] [K_VALUE=] [KEY_MODE=pre-rope|post-rope] [CALIB=file]"
 	@echo "            [SEED=0] [DTYPE=float32|float16] [CACHE=concat|shared-buffer] [METHOD=pca|output-aware|trained|raw]"
 	@echo "            [KV_DTYPE=int8 [KV_ROTATION=hadamard|none]]  (with CACHE=shared-buffer K=full)"
+	@echo "            [WINDOW_CACHE=bounded|full]  (sliding-window layers: keep the window, or every token)"
 	@echo "            [TRAIN_LOSS=kl|hidden|reconstruction] [TRAIN_STEPS=64] [TRAIN_LR=3e-4] [TRAIN_SCHEDULE=constant|cosine]"
 	@echo "            [TRAIN_TOKENS=<training tokens of CALIB; default: the calibration tokens>]"
 	@echo "make export QUANT=spectral|uniform [QUANT_RATIO=4] [QUANT_SCALES=static|token]  quantized latents, bits by"
@@ -85,6 +86,7 @@ export: setup
 		$(if $(K_VALUE),--k-value "$(K_VALUE)") --key-mode "$(KEY_MODE)" $(if $(CALIB),--calib "$(CALIB)") \
 		--seed "$(SEED)" --dtype "$(DTYPE)" $(if $(CACHE),--cache "$(CACHE)") $(if $(METHOD),--method "$(METHOD)") \
 		$(if $(KV_DTYPE),--kv-dtype "$(KV_DTYPE)") $(if $(KV_ROTATION),--kv-rotation "$(KV_ROTATION)") \
+		$(if $(WINDOW_CACHE),--window-cache "$(WINDOW_CACHE)") \
 		$(if $(BUDGET),--budget "$(BUDGET)") $(if $(MAX_PPL_INCREASE),--max-ppl-increase "$(MAX_PPL_INCREASE)") \
 		$(if $(TIE_RANKS),--tie-ranks) --train-loss "$(TRAIN_LOSS)" --train-steps "$(TRAIN_STEPS)" \
 		$(if $(TRAIN_LR),--train-lr "$(TRAIN_LR)") $(if $(TRAIN_SCHEDULE),--train-schedule "$(TRAIN_SCHEDULE)") \

@@ -12,8 +12,8 @@ import argparse
 import sys
 
 from .errors import cli_exit
-from .options import (ALLOCATIONS, DEFAULT_KEY_MODE, KV_DTYPES, KV_ROTATIONS, LOSSES, METHODS, SHAPING, AutoOptions,
-                      ExportOptions, QuantOptions, TrainOptions, parse_percent, with_default_export)
+from .options import (ALLOCATIONS, DEFAULT_KEY_MODE, KV_DTYPES, KV_ROTATIONS, LOSSES, METHODS, SHAPING, WINDOW_CACHES,
+                      AutoOptions, ExportOptions, QuantOptions, TrainOptions, parse_percent, with_default_export)
 
 
 def main(argv=None) -> int:
@@ -43,6 +43,9 @@ def main(argv=None) -> int:
                         "reads them itself; static per-channel steps fitted on calibration text (K=full)")
     p.add_argument("--kv-rotation", default=d.kv_rotation, choices=KV_ROTATIONS,
                    help="with --kv-dtype: rotate each head's keys and values first (hadamard), or not (none)")
+    p.add_argument("--window-cache", default=d.window_cache, choices=WINDOW_CACHES,
+                   help="sliding-window layers: bounded keeps only the window (concat cache); full keeps every token "
+                        "and masks to the window (what onnxruntime-genai and the fused op's shared buffer take)")
     p.add_argument("--method", default=None, choices=METHODS,
                    help="pca: plain PCA; output-aware: PCA in the metric of attention scores and the output "
                         "projection; trained: output-aware, then fine-tuned on the calibration text "
@@ -108,6 +111,7 @@ def options_from(a: argparse.Namespace) -> ExportOptions:
                          window=a.window, seed=a.seed, out=a.out, projectors=a.projectors, sink=a.sink,
                          trust_remote_code=a.trust_remote_code, dtype=a.dtype,
                          cache=a.cache or d.cache, kv_dtype=a.kv_dtype, kv_rotation=a.kv_rotation, method=a.method,
+                         window_cache=a.window_cache,
                          auto=AutoOptions(budget_bytes=a.budget, granularity=a.granularity, tie=a.tie_ranks,
                                           max_ppl_increase=parse_percent(a.max_ppl_increase)
                                           if a.max_ppl_increase else None, sensitivity=a.sensitivity,

@@ -31,6 +31,7 @@ ALLOCATIONS = ("spectral", "uniform")
 SCALES = ("static", "token")            # quantizer steps: fixed per component, or a scale byte per token and group
 KV_DTYPES = ("int8",)                   # a cache onnxruntime's fused attention quantizes itself (codec/cache_quant.py)
 KV_ROTATIONS = ("hadamard", "none")
+WINDOW_CACHES = ("bounded", "full")     # a sliding-window layer's cache: its window only, or every token
 
 
 @dataclass
@@ -113,6 +114,7 @@ class ExportOptions:
     cache: str = "concat"           # 'shared-buffer': fused GroupQueryAttention, in-place cache (graphs/contract.py)
     kv_dtype: str | None = None     # 'int8': the fused op stores int8 codes of rotated keys and values
     kv_rotation: str = "hadamard"   # with kv_dtype: the per-head rotation before the op quantizes
+    window_cache: str = "bounded"   # sliding-window layers: keep window - 1 tokens, or all (masked to the window)
     method: str | None = None       # 'pca' | 'output-aware' (projectors/metric.py) | 'trained' (projectors/train.py,
                                     # from output-aware) | 'raw'; None: pca, or output-aware for K=auto
     train: TrainOptions = field(default_factory=TrainOptions)
@@ -141,8 +143,9 @@ def with_default_export(o: ExportOptions, given: set[str]) -> ExportOptions:
 
 def default_for_windows(o: ExportOptions) -> ExportOptions:
     """The default export of a model with sliding-window layers: K=full in the concat contract, whose windowed
-    layers keep only their window (the fused op's shared buffer cannot bound them)."""
-    return replace(o, cache="concat", kv_dtype=None)
+    layers keep only their window (the fused op's shared buffer cannot bound them), unless WINDOW_CACHE=full
+    was asked for (then the int8 shared buffer, the window masked by the op)."""
+    return o if o.window_cache == "full" else replace(o, cache="concat", kv_dtype=None)
 
 
 def parse_percent(value: str) -> float:

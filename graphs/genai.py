@@ -29,7 +29,8 @@ def genai_config(meta: ExportMetadata, max_length: int | None = None) -> dict:
                          "(QUANT): run it with our runtime, or export without QUANT for genai")
     if any(s.window for s in meta.layout.keys + meta.layout.values):
         raise ValueError("onnxruntime-genai allocates every layer's cache for the whole sequence; this export's "
-                         "sliding-window layers keep only their window: run it with our runtime")
+                         "sliding-window layers keep only their window: run it with our runtime, or export with "
+                         "WINDOW_CACHE=full for genai")
     shape = uniform_shape(meta.layout)
     if shape is None:
         raise ValueError("onnxruntime-genai needs one cache shape for every layer's keys and values; export "

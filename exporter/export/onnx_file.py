@@ -29,11 +29,12 @@ TWO_GB = 2 * 1024 ** 3
 def layout_of(decoder, dtype: str = "float32") -> C.CacheLayout:
     """The cache layout the decoder produces: the metadata's single description of the cache."""
     def shape(rank, quant, a):
+        window = a.window if a.window_bounded else None                # a window whose cache it bounds
         if quant is not None:
-            return C.CacheShape(1, quant.nbytes, "uint8", a.window)    # packed codes (codec/quantizer.py)
+            return C.CacheShape(1, quant.nbytes, "uint8", window)      # packed codes (codec/quantizer.py)
         if a.cache_scales is not None:
-            return C.CacheShape(a.G, a.d, "int8", a.window)            # the fused op's codes (codec/cache_quant.py)
-        return C.CacheShape(1, rank, None, a.window) if rank else C.CacheShape(a.G, a.d, None, a.window)
+            return C.CacheShape(a.G, a.d, "int8", window)              # the fused op's codes (codec/cache_quant.py)
+        return C.CacheShape(1, rank, None, window) if rank else C.CacheShape(a.G, a.d, None, window)
     keys = tuple(shape(b.attn.key_rank, b.attn.key_quant, b.attn) for b in decoder.blocks)
     values = tuple(shape(b.attn.value_rank, b.attn.value_quant, b.attn) for b in decoder.blocks)
     return C.CacheLayout(keys, values, dtype)

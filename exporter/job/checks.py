@@ -9,7 +9,7 @@ from __future__ import annotations
 from graphs.contract import CACHE_UPDATES, DTYPE_BYTES
 
 from ..errors import UserError
-from ..options import KEY_MODES, KV_DTYPES, KV_ROTATIONS, METHODS, ExportOptions
+from ..options import KEY_MODES, KV_DTYPES, KV_ROTATIONS, METHODS, WINDOW_CACHES, ExportOptions
 from ..quant.design import float16_bytes
 from ..ranks.auto import check_budget
 
@@ -17,6 +17,8 @@ from ..ranks.auto import check_budget
 def check_options(o: ExportOptions) -> None:
     if o.key_mode not in KEY_MODES:
         raise UserError(f"KEY_MODE={o.key_mode!r} is unknown: use pre-rope or post-rope")
+    if o.window_cache not in WINDOW_CACHES:
+        raise UserError(f"WINDOW_CACHE={o.window_cache!r} is unknown: use {' or '.join(WINDOW_CACHES)}")
     if o.cache not in CACHE_UPDATES:
         raise UserError(f"CACHE={o.cache!r} is unknown: use {' or '.join(CACHE_UPDATES)}")
     if o.method not in METHODS + (None,):
@@ -34,7 +36,8 @@ def check_options(o: ExportOptions) -> None:
 
 
 WINDOWED_SHARED_BUFFER = ("CACHE=shared-buffer cannot bound a sliding-window layer's cache (onnxruntime's fused op "
-                          "writes every token into its buffer): use CACHE=concat")
+                          "writes every token into its buffer): use CACHE=concat, or WINDOW_CACHE=full to keep "
+                          "every token and let the op mask the window")
 
 
 def check_against_model(o: ExportOptions, cfg) -> None:
@@ -42,7 +45,7 @@ def check_against_model(o: ExportOptions, cfg) -> None:
     QUANT_RATIO that leaves less than a byte per token for each coded tensor (keys and values of every layer)."""
     if o.is_auto:
         check_budget(o.auto, cfg.num_layers, DTYPE_BYTES[o.dtype])
-    if o.cache == "shared-buffer" and cfg.windows:
+    if o.cache == "shared-buffer" and cfg.windows and o.window_cache == "bounded":
         raise UserError(WINDOWED_SHARED_BUFFER)
     if o.quant.allocation is not None:
         tensors, fp16 = 2 * cfg.num_layers, float16_bytes(cfg)
@@ -103,7 +106,7 @@ def check_shared_buffer(decoder) -> None:
         if a.key_rank is not None and a.key_rank % 8:
             raise UserError(f"CACHE=shared-buffer needs K a multiple of 8 (onnxruntime's kernel), got "
                             f"{a.key_rank}: pick K={a.key_rank + 8 - a.key_rank % 8} or CACHE=concat")
-    if decoder.cfg.windows:
+    if any(b.attn.window and b.attn.window_bounded for b in decoder.blocks):
         raise UserError(WINDOWED_SHARED_BUFFER)
     pairs = decoder.rope.inv_freq.shape[0] if decoder.rope is not None else None
     if pairs is not None and 2 * pairs < decoder.cfg.head_dim and pairs % 8:

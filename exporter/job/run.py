@@ -139,6 +139,8 @@ def export_into(job: ExportJob, out: str, key_rank, value_rank) -> ExportMetadat
     if quantized:
         proj = quantize(job, proj)
     decoder = build_decoder(job.hf, proj) if proj is not None else job.decoder
+    if o.window_cache == "full":
+        decoder.keep_window_tokens()
     if o.cache == "shared-buffer" and not decoder.fused:
         check_shared_buffer(decoder)
         decoder.use_fused_attention()

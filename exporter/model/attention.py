@@ -58,7 +58,8 @@ class Attention(nn.Module):
         self.scale = cfg.score_scale or d ** -0.5
         self.key_mode = "full" if key_rank is None else key_mode
         self.rope = rope            # False: a NoPE layer, whatever positions the decoder hands it
-        self.window = window        # sliding window: the decoder masks to it; the present keeps window - 1 tokens
+        self.window = window        # sliding window: the decoder (or the fused op) masks to it
+        self.window_bounded = True  # ... and the present keeps only window - 1 tokens (False: every token)
         # Qwen3: RMSNorm over each head of q and k, before RoPE
         self.q_norm = RMSNorm(d, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(d, cfg.norm_eps) if cfg.qk_norm else None
@@ -118,7 +119,7 @@ class Attention(nn.Module):
         probs = torch.softmax(scores * self.scale + mask, dim=-1)
         out, present_v = self._mix(x, probs, past_v, sink_slots)            # (B, H, T, d or r)
         y = self.o_proj(out.transpose(1, 2).reshape(B, T, -1))              # (B, T, D)
-        if self.window:                 # what the next token can see: its window - 1 predecessors
+        if self.window and self.window_bounded:    # what the next token can see: its window - 1 predecessors
             present_k, present_v = present_k[:, :, 1 - self.window:], present_v[:, :, 1 - self.window:]
         return y, present_k, present_v
 
@@ -189,7 +190,8 @@ class Attention(nn.Module):
 
     def _group_query(self, q, k, v, past_k, past_v, lengths, kv_heads, rope_tables):
         out, present_k, present_v = group_query_attention(q, k, v, past_k, past_v, lengths, self.H, kv_heads,
-                                                          self.scale, rope_tables, self.cache_scales)  # (B, T, H*s)
+                                                          self.scale, rope_tables, self.cache_scales,
+                                                          self.window)                         # (B, T, H*s)
         return self.o_proj(out), present_k, present_v                        # (B, T, D)
 
     def _mix(self, x, probs, past_v, sink_slots=None):

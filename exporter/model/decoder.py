@@ -97,7 +97,7 @@ class Decoder(nn.Module):
 
     def use_fused_attention(self) -> "Decoder":
         """Every layer through onnxruntime's GroupQueryAttention: the shared-buffer cache variant."""
-        assert self.local_rope is None, "windowed layers never run fused (job/checks.py)"
+        self.keep_window_tokens()       # the op's buffer holds every token; it masks the window itself
         for b in self.blocks:
             b.attn.use_fused()
         self.fused = True
@@ -105,6 +105,17 @@ class Decoder(nn.Module):
             cos, sin = self.rope.tables(self.cfg.max_positions)
             self.register_buffer("rope_cos_table", cos)                              # (P, d/2)
             self.register_buffer("rope_sin_table", sin)                              # (P, d/2)
+        if self.local_rope is not None:  # the windowed layers' (Gemma 3's local base)
+            cos, sin = self.local_rope.tables(self.cfg.max_positions)
+            self.register_buffer("local_rope_cos_table", cos)                        # (P, d/2)
+            self.register_buffer("local_rope_sin_table", sin)                        # (P, d/2)
+        return self
+
+    def keep_window_tokens(self) -> "Decoder":
+        """Sliding-window layers keep every token (masked to their window) instead of the window alone: the
+        cache onnxruntime-genai and the fused op's shared buffer take (WINDOW_CACHE=full)."""
+        for b in self.blocks:
+            b.attn.window_bounded = False
         return self
 
     def forward(self, input_ids, attention_mask, position_ids, *past, logits_to_keep=None):
@@ -141,14 +152,11 @@ class Decoder(nn.Module):
             self._tap_hidden(block, x)
             layer = (rope_new, rope_all, mask, sink_slots)
             window = self.cfg.window(i)
-            if window and not self.fused:      # its cache holds past + T slots, the mask's last columns
-                if window not in windowed:     # layers of one window hold as many slots: one mask for them all
-                    kept = past[2 * i].shape[2] + T
-                    local = self.local_rope is not None
-                    layer_rope, layer_sinks = last_slots(local_all if local else rope_all, sink_slots,
-                                                         attention_mask.shape[1], kept)
-                    windowed[window] = (local_new if local else rope_new, layer_rope,
-                                        causal_padding_mask(attention_mask, T, x.dtype, window, kept), layer_sinks)
+            if window and window not in windowed:   # layers of one window hold as many slots: one mask for all
+                windowed[window] = self._windowed(window, past[2 * i].shape[2] + T, attention_mask, T, x.dtype,
+                                                  position_ids, (rope_new, rope_all, mask, sink_slots),
+                                                  (local_new, local_all), block.attn.window_bounded)
+            if window:
                 layer = windowed[window]
             x, k, v = block(x, layer[0], layer[1], layer[2], past[2 * i], past[2 * i + 1], layer[3])
             presents += [k, v]
@@ -156,6 +164,22 @@ class Decoder(nn.Module):
             x = last_positions(x, logits_to_keep)                                   # (B, n, D)
         logits = self.embeddings.logits(self.norm(x))                                # (B, n, V)
         return (logits, *presents)
+
+    def _windowed(self, window, kept, attention_mask, T, dtype, position_ids, layer, local, bounded):
+        """(rope_new, rope_all, mask, sink_slots) of the layers of one window. The fused op masks the window
+        itself and rotates from the local tables; else a bounded cache holds the last `kept` slots only, so the
+        mask and the slots' positions are cut to them."""
+        rope_new, rope_all, mask, sink_slots = layer
+        local_new, local_all = local
+        if self.local_rope is not None:
+            rope_new = local_new
+            rope_all = (self.local_rope_cos_table, self.local_rope_sin_table, position_ids) if self.fused else local_all
+        if self.fused:
+            return rope_new, rope_all, mask, sink_slots
+        if not bounded:
+            return rope_new, rope_all, causal_padding_mask(attention_mask, T, dtype, window), sink_slots
+        rope_all, sink_slots = last_slots(rope_all, sink_slots, attention_mask.shape[1], kept)
+        return rope_new, rope_all, causal_padding_mask(attention_mask, T, dtype, window, kept), sink_slots
 
     def _rope_tables(self, attention_mask, position_ids):
         """The op's cos/sin tables: baked into the graph, or for LongRoPE computed each call for the positions

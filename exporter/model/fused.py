@@ -36,10 +36,11 @@ def _rotate(x, cos_cache, sin_cache, start: int):
 
 
 def _causal_attention(q, k, v, past_k, past_v, heads: int, kv_heads: int, scale: float, cos_cache=None,
-                      sin_cache=None, k_scale=None, v_scale=None):
+                      sin_cache=None, k_scale=None, v_scale=None, window: int = 0):
     """Eager semantics on the concatenating protocol, no padding. q (B, T, H*s), k/v (B, T, G*s), past (B, G, P, s);
     with cos/sin tables, q and k are rotated first at positions P..P+T-1; with scales (G*s,) the cache holds int8
-    codes of k and v (codec/cache_quant.py), written first and read back dequantized, the new tokens' too."""
+    codes of k and v (codec/cache_quant.py), written first and read back dequantized, the new tokens' too; with a
+    window, a query sees itself and the window - 1 keys before it."""
     B, T, _ = q.shape
     s = past_k.shape[-1]
     q = q.view(B, T, heads, s).transpose(1, 2)                                  # (B, H, T, s)
@@ -58,7 +59,10 @@ def _causal_attention(q, k, v, past_k, past_v, heads: int, kv_heads: int, scale:
     S = present_k.shape[2]
     rep = heads // kv_heads
     scores = q @ keys.repeat_interleave(rep, dim=1).transpose(-1, -2) * scale           # (B, H, T, S)
-    allowed = torch.arange(S)[None, :] <= torch.arange(T)[:, None] + (S - T)            # (T, S)
+    keys, queries = torch.arange(S)[None, :], torch.arange(T)[:, None] + (S - T)
+    allowed = keys <= queries                                                           # (T, S)
+    if window:
+        allowed = allowed & (keys > queries - window)
     probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
     out = probs @ values.repeat_interleave(rep, dim=1)                                  # (B, H, T, s)
     return out.transpose(1, 2).reshape(B, T, heads * s), present_k, present_v
@@ -67,13 +71,13 @@ def _causal_attention(q, k, v, past_k, past_v, heads: int, kv_heads: int, scale:
 class _GroupQueryAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, past_k, past_v, seqlens_k, total_length, cos_cache, sin_cache, position_ids, k_scale,
-                v_scale, heads, kv_heads, size, scale):
+                v_scale, heads, kv_heads, size, scale, window):
         return _causal_attention(q, k, v, past_k, past_v, heads, kv_heads, scale, cos_cache, sin_cache, k_scale,
-                                 v_scale)
+                                 v_scale, window)
 
     @staticmethod
     def symbolic(g, q, k, v, past_k, past_v, seqlens_k, total_length, cos_cache, sin_cache, position_ids, k_scale,
-                 v_scale, heads, kv_heads, size, scale):
+                 v_scale, heads, kv_heads, size, scale, window):
         # position_ids go along so the graph keeps the contract's input; the CPU kernel derives the same
         # positions from seqlens_k (no padding), checked in tests/exporter/model/test_fused.py
         rotary = [] if cos_cache is None or cos_cache.node().mustBeNone() else [cos_cache, sin_cache, position_ids]
@@ -82,10 +86,12 @@ class _GroupQueryAttention(torch.autograd.Function):
         # the scales belong at inputs 12 and 13, after optional inputs the tracer cannot leave empty: they go last
         # here, and graphs/passes.place_group_query_scales moves them (SCALES_LAST marks the node until then)
         scales = [k_scale, v_scale] if quant else []
+        # a sliding window: the op's local_window_size is HF's sliding_window (W - 1 fails the parity tests)
+        local = {"local_window_size_i": window} if window else {}
         out, present_k, present_v = g.op("com.microsoft::GroupQueryAttention", q, k, v, past_k, past_v, seqlens_k,
                                          total_length, *rotary, *scales, num_heads_i=heads, kv_num_heads_i=kv_heads,
                                          scale_f=scale, do_rotary_i=int(bool(rotary)), rotary_interleaved_i=0,
-                                         **quant, **({SCALES_LAST + "_i": 1} if quant else {}), outputs=3)
+                                         **quant, **local, **({SCALES_LAST + "_i": 1} if quant else {}), outputs=3)
         # the tracer cannot infer a custom op's output shapes: state them (None = dynamic)
         out.setType(q.type().with_sizes([None, None, heads * size]))
         present_k.setType(past_k.type().with_sizes([None, kv_heads, None, size]))
@@ -122,17 +128,18 @@ def rotary_embedding(x, position_ids, cos_cache, sin_cache, heads: int):
 
 
 def group_query_attention(q, k, v, past_k, past_v, lengths, heads: int, kv_heads: int, scale: float,
-                          rotary: tuple | None = None, cache_scales: tuple | None = None):
+                          rotary: tuple | None = None, cache_scales: tuple | None = None, window: int | None = None):
     """q (B, T, H*s), k/v (B, T, G*s), past (B, G, P, s), lengths = (seqlens_k (B,) int32, total ()) int32;
     rotary = (cos, sin) tables (max_positions, s/2) and position_ids (B, T) to rotate q and k inside the op,
-    or None; cache_scales = (k_scale, v_scale) (G*s,) for an int8 cache the op quantizes, or None.
+    or None; cache_scales = (k_scale, v_scale) (G*s,) for an int8 cache the op quantizes, or None; window: a
+    sliding window the op masks to (the buffer still holds every token).
     Returns out (B, T, H*s), present_k, present_v (B, G, P+T, s) in eager mode / the buffer's shape in ORT."""
     seqlens_k, total = lengths
     cos_cache, sin_cache, position_ids = rotary if rotary is not None else (None, None, None)
     k_scale, v_scale = cache_scales if cache_scales is not None else (None, None)
     size = int(past_k.shape[-1])
     return _GroupQueryAttention.apply(q, k, v, past_k, past_v, seqlens_k, total, cos_cache, sin_cache,
-                                      position_ids, k_scale, v_scale, heads, kv_heads, size, scale)
+                                      position_ids, k_scale, v_scale, heads, kv_heads, size, scale, window or 0)
 
 
 def sequence_lengths(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

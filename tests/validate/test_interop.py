@@ -22,14 +22,17 @@ from validate.interop import compare
     ("llama", 8, "post-rope", "shared-buffer", None), ("llama", "full", "pre-rope", "shared-buffer", "int8"),
     ("qwen2", "full", "pre-rope", "shared-buffer", "int8"),
     # the newer families: K=full, a compressed export, the int8 default
-    *[(arch, k, mode, cache, kv_dtype) for arch in ("qwen3", "phi3", "smollm3", "llama3") for k, mode, cache, kv_dtype in
-      (("full", "pre-rope", "concat", None), (8, "pre-rope", "concat", None), ("full", "pre-rope", "shared-buffer", "int8"))]])
+    *[(arch, k, mode, cache, kv_dtype) for arch in ("qwen3", "phi3", "smollm3", "llama3", "gemma3", "mistral_window")
+      for k, mode, cache, kv_dtype in (("full", "pre-rope", "concat", None), (8, "pre-rope", "concat", None),
+                                       ("full", "pre-rope", "shared-buffer", "int8"))]])
 def test_genai_matches_our_runtime(arch, k, mode, cache, kv_dtype, tiny_export):
     """Prefill and 64 decode steps: random tiny models may emit EOS early, so the prompt is the first seed's
     that runs the full 64 tokens in our runtime (genai must then match all 64). Shared-buffer exports: genai
     binds its own max-length buffer as past and present (past_present_share_buffer), as our runtime does; int8
     caches (KV_DTYPE=int8): genai takes the cache type from the graph and concatenates."""
     kw = {"kv_dtype": kv_dtype} if kv_dtype else {}
+    if arch in ("gemma3", "mistral_window"):      # sliding windows: genai takes the cache that keeps every token
+        kw["window_cache"] = "full"
     for seed in range(20):
         prompt = np.random.default_rng(seed).integers(3, 300, 30).tolist()
         theirs, ours = compare(tiny_export(arch, k, mode, cache=cache, **kw), prompt, 64)

@@ -57,6 +57,34 @@ def test_windowed_bytes_estimate_measure_and_the_runtime(tiny_export):
     assert "sliding-window" in meta.extra["genai"]
 
 
+FULL_CASES = [("gemma3", "full", "pre-rope", "concat", None), ("mistral_window", 8, "post-rope", "concat", None),
+              ("gemma3", "full", "pre-rope", "shared-buffer", None), ("qwen2_window", 8, "post-rope", "shared-buffer", None),
+              ("gemma3", "full", "pre-rope", "shared-buffer", "int8"), ("mistral_window", "full", "pre-rope",
+                                                                        "shared-buffer", "int8")]
+
+
+@pytest.mark.parametrize("arch,k,mode,cache,kv_dtype", FULL_CASES)
+def test_a_full_window_cache_keeps_every_token_and_matches_the_reference(arch, k, mode, cache, kv_dtype, tiny_export):
+    """WINDOW_CACHE=full: windowed layers keep every token, masked to the window (the fused op masks it itself
+    through local_window_size), so the shared buffer and its int8 cache take windowed models too."""
+    from tests.helpers import equal_prompts
+    from validate.parity import check_parity, hf_original
+    kw = {"kv_dtype": kv_dtype} if kv_dtype else {}
+    export = tiny_export(arch, k, mode, cache=cache, window_cache="full", **kw)
+    hf, _, ref, meta = load_ref(export)
+    assert all(s.window is None for s in meta.layout.keys) and meta.model["windows"] == list(WINDOWS[arch] and
+                                                                                                [w or 0 for w in WINDOWS[arch]])
+    shared = cache == "shared-buffer"
+    batch = equal_prompts(meta.sink["token_id"]) if shared else prompts(meta.sink["token_id"])
+    result = check_parity(ref, OrtModel(export, meta), batch, meta.pad_token_id,
+                          original=hf_original(hf) if kv_dtype else None)
+    assert result.passed and (kv_dtype or result.greedy_identical), result.to_json()
+    model = OrtModel(export, meta)
+    ids = np.array([prompts(meta.sink["token_id"], (47,))[0]], np.int64)                # 3x the window
+    _, past = model(ids, np.ones_like(ids), np.arange(48)[None], model.empty_past(1))
+    assert {p.shape[2] for p in past} == {48}
+
+
 def test_a_shared_buffer_cannot_bound_a_window(tiny_export):
     with pytest.raises(UserError, match="sliding-window layer's cache .* use CACHE=concat"):
         tiny_export("mistral_window", "full", "pre-rope", cache="shared-buffer")
@@ -69,3 +97,7 @@ def test_the_default_export_of_a_windowed_model_is_a_bounded_concat_cache(tiny_e
     meta = load_metadata(export)
     assert meta.cache_update == "concat" and not meta.layout.quantized
     assert [s.window for s in meta.layout.keys] == [16, None]
+    export = tiny_export("gemma3", "full", "pre-rope", cache="shared-buffer", kv_dtype="int8", default_export=True,
+                         window_cache="full")                         # asked for: the int8 shared buffer
+    meta = load_metadata(export)
+    assert meta.cache_update == "shared-buffer" and meta.layout.quantized
