@@ -44,7 +44,11 @@ def check_against_model(o: ExportOptions, cfg) -> None:
     """What only the model's size tells, refused before any calibration: a K=auto budget it cannot meet, a
     QUANT_RATIO that leaves less than a byte per token for each coded tensor (keys and values of every layer)."""
     if o.is_auto:
-        check_budget(o.auto, cfg.num_layers, DTYPE_BYTES[o.dtype])
+        counted = [i for i in range(cfg.num_layers) if not (cfg.window(i) and o.window_cache == "bounded")]
+        if not counted:
+            raise UserError("K=auto spends bytes per token, and every layer of this model is windowed with a bounded "
+                            "cache (no growth to save): use K=full, or WINDOW_CACHE=full")
+        check_budget(o.auto, len(counted), DTYPE_BYTES[o.dtype])
     if o.cache == "shared-buffer" and cfg.windows and o.window_cache == "bounded":
         raise UserError(WINDOWED_SHARED_BUFFER)
     if o.quant.allocation is not None:

@@ -33,10 +33,14 @@ def choose_auto_ranks(job: ExportJob) -> tuple[list, list, dict]:
     """(key ranks, value ranks, the search's record for the projector file) for the job's K=auto budget."""
     o = job.options
     metric = job.metric(job.key_mode) if o.method != "pca" else None
+    # bounded sliding-window layers stop growing at their window: no bytes per token to save there
+    bounded = [i for i in range(job.config.num_layers) if job.config.window(i)] if o.window_cache == "bounded" else []
     search = Search(job.decoder, job.tokenizer, job.config, job.statistics(), job.key_mode, job.sink, o.auto,
-                    calib=o.calib, calib_tokens=o.calib_tokens, metric=metric, info=job.provenance)
+                    calib=o.calib, calib_tokens=o.calib_tokens, metric=metric, info=job.provenance,
+                    uncounted=bounded)
     choice, reference = choose_ranks(search, DTYPE_BYTES[o.dtype])
     record = {"options": asdict(o.auto), "heldout_tokens": sum(len(w) - 1 for w in search.heldout),
+              "uncounted_layers": bounded,
               "heldout_ppl_original": search.base,
               "choice": asdict(choice), "uniform_pca_reference": asdict(reference) if reference else None}
     return choice.key_ranks, choice.value_ranks, record

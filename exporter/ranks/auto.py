@@ -6,7 +6,8 @@
 
 Either way the best uniform-rank PCA setting under the same rule (the same K for every layer: keys only, or
 keys and values alike) is searched first and printed next to the choice, and the choice is searched only up to
-its bytes. Held-out text: windows of 2048 (the perplexity convention) spread evenly over the calibration file
+its bytes. Bytes are those the cache grows by per token: a sliding-window layer whose cache is bounded by its
+window (`uncounted`) adds none past the window, so it stays uncompressed and the budget goes to the others. Held-out text: windows of 2048 (the perplexity convention) spread evenly over the calibration file
 after the calibration tokens. Spread, not contiguous: text varies from article to article far more than a
 search step changes, and one contiguous slice understated on SmolLM2 what the chosen export costs elsewhere in
 the file and on WikiText-2 test by about 2x (docs/projectors.md, benchmarks/heldout_spread.py). A candidate
@@ -52,8 +53,9 @@ class Search:
     """Everything the search needs, loaded once: statistics, metrics, held-out windows and their baseline."""
 
     def __init__(self, decoder, tok, cfg, stats, key_mode: str, sink, o: AutoOptions, *, calib: str,
-                 calib_tokens: int, metric, info: dict):
+                 calib_tokens: int, metric, info: dict, uncounted=()):
         self.decoder, self.cfg, self.stats, self.metric = decoder, cfg, stats, metric
+        self.uncounted = set(uncounted)     # layers kept uncompressed, outside the budget (bounded windows)
         self.key_mode, self.sink, self.info, self.o = key_mode, sink, info, o
         self.heldout = spread_windows(tok, calib, calib_tokens, o.heldout_tokens, sink,
                                       fitting_window(HELDOUT_WINDOW, cfg.max_positions, sink))
@@ -79,7 +81,12 @@ class Search:
         tap = {"key": key_tap(self.cfg, self.key_mode), "value": "value"}
         m = self.metric                 # the metric the projectors are fitted in (None: plain PCA)
         return {(i, k): residual_curve(*m(i, k)) if m else residual_curve(accs[(i, tap[k])].covariance(), None)
-                for i in range(self.cfg.num_layers) for k in KINDS}
+                for i in self.counted for k in KINDS}
+
+    @property
+    def counted(self) -> list[int]:
+        """The layers the budget is spent on."""
+        return [i for i in range(self.cfg.num_layers) if i not in self.uncounted]
 
     def sensitivities(self, curves: dict) -> dict:
         """KL per unit of residual error, per tensor (probe_sensitivities)."""
@@ -89,8 +96,8 @@ class Search:
 
     def allocation(self, curves, sens, dims: int) -> Candidate:
         a = allocate(curves, sens, dims, self.dim, self.o.granularity, self.o.tie)
-        L = self.cfg.num_layers
-        return Candidate("auto", a.per_layer("key", L), a.per_layer("value", L), a.dims)
+        ranks = lambda kind: [None if i in self.uncounted else a.ranks[(i, kind)] for i in range(self.cfg.num_layers)]
+        return Candidate("auto", ranks("key"), ranks("value"), a.dims)
 
     def score(self, c: Candidate) -> Candidate:
         c.ppl_increase, c.ppl_bound = self.increase(self.projectors(c.key_ranks, c.value_ranks,
@@ -117,8 +124,9 @@ class Search:
         """The best uniform-rank PCA setting: keys only (values full) or keys = values, the same K everywhere.
         With a target: the fewest dims within it; with a budget: the lowest held-out increase that fits."""
         L, g = self.cfg.num_layers, self.o.granularity
-        families = {"keys only": lambda k: ([k] * L, [None] * L), "keys = values": lambda k: ([k] * L, [k] * L)}
-        dims = lambda kr, vr: sum((r or self.dim) for r in kr + vr)
+        at = lambda k: [None if i in self.uncounted else k for i in range(L)]
+        families = {"keys only": lambda k: (at(k), [None] * L), "keys = values": lambda k: (at(k), at(k))}
+        dims = lambda kr, vr: sum((r or self.dim) for i, r in enumerate(kr + vr) if i % L not in self.uncounted)
         best = None
         for name, ranks in families.items():
             make = lambda i: Candidate(f"uniform PCA, {name}", *ranks((i + 1) * g), dims(*ranks((i + 1) * g)),
@@ -137,7 +145,7 @@ class Search:
     def fewest_dims(self, curves, sens, target: float, at_most: int | None) -> Candidate:
         """The smallest allocation within the target, searched up to at_most dims (the uniform reference's,
         so the choice never costs more than it) or all uncompressed."""
-        L, g = self.cfg.num_layers, self.o.granularity
+        L, g = len(self.counted), self.o.granularity
         hi = (at_most if at_most is not None else 2 * L * self.dim) // g
         found = self.smallest_within(lambda i: self.allocation(curves, sens, i * g), 2 * L, hi, target,
                                      "searching ranks")
@@ -177,7 +185,7 @@ def check_budget(o: AutoOptions, num_layers: int, dtype_bytes: int) -> None:
 def choose_ranks(search: Search, dtype_bytes: int) -> tuple[Candidate, Candidate | None]:
     """(the choice, the uniform PCA reference) for the options in search.o; prints both."""
     o = search.o
-    check_budget(o, search.cfg.num_layers, dtype_bytes)
+    check_budget(o, len(search.counted), dtype_bytes)
     curves = search.curves()
     sens = search.sensitivities(curves)
     if o.budget_bytes is not None:

@@ -101,3 +101,18 @@ def test_the_default_export_of_a_windowed_model_is_a_bounded_concat_cache(tiny_e
                          window_cache="full")                         # asked for: the int8 shared buffer
     meta = load_metadata(export)
     assert meta.cache_update == "shared-buffer" and meta.layout.quantized
+
+
+def test_k_auto_spends_its_budget_on_the_layers_that_grow(tiny_export, tiny_model_dir, tmp_path):
+    """A bounded windowed layer adds no bytes per token past its window: K=auto keeps it uncompressed and gives
+    the budget to the global layer, whose growth is what the budget bounds (measured on the ONNX outputs)."""
+    from exporter.job.run import run_export
+    from exporter.options import AutoOptions, ExportOptions
+    out = tiny_export("gemma3", "auto", auto=AutoOptions(budget_bytes=24 * 4, probe_tokens=256, heldout_tokens=2048))
+    meta = load_metadata(out)
+    assert meta.ranks["key"][0] is None and meta.ranks["value"][0] is None          # layer 0: windowed
+    assert meta.ranks["key"][1] is not None                                         # layer 1: global, coded
+    assert measured_bytes_per_token(OrtModel(out, meta)) == meta.kv_bytes_per_token <= 24 * 4
+    with pytest.raises(UserError, match="every layer of this model is windowed .* use K=full, or WINDOW_CACHE=full"):
+        run_export(ExportOptions(model=tiny_model_dir("mistral_window"), k="auto", out=str(tmp_path / "x"),
+                                 auto=AutoOptions(budget_bytes=100)))
