@@ -125,7 +125,7 @@ class Attention(nn.Module):
 
     def _queries(self, x, rope_new):
         B, T, _ = x.shape
-        q = self._per_head(self.q_proj(x), self.H, self.q_norm)              # (B, H, T, d)
+        q = self._per_head(self.q_proj(x), B, T, self.H, self.q_norm)        # (B, H, T, d)
         self._tap("query_pre", q)
         if rope_new is not None:
             q = apply_rope(q, *rope_new)
@@ -138,7 +138,7 @@ class Attention(nn.Module):
             if self.k_norm is None:
                 c = self.k_proj(x).unsqueeze(1)                              # (B, 1, T, r), folded
             else:
-                k = self._per_head(self.k_proj(x), self.G, self.k_norm)      # (B, G, T, d)
+                k = self._per_head(self.k_proj(x), B, T, self.G, self.k_norm)  # (B, G, T, d)
                 c = self.key_encode(k.transpose(1, 2).reshape(B, T, -1)).unsqueeze(1)   # (B, 1, T, r)
             c, present = self._append(self.key_quant, past_k, c, sink_slots)  # (B, 1, S, r), present
             k = self.key_decode(c.squeeze(1))                                # (B, S, G*d)
@@ -146,7 +146,7 @@ class Attention(nn.Module):
             if rope_all is not None:
                 k = apply_rope(k, *rope_all)
             return grouped_matmul(q, k.transpose(-1, -2), self.G), present
-        k = self._per_head(self.k_proj(x), self.G, self.k_norm)              # (B, G, T, d)
+        k = self._per_head(self.k_proj(x), B, T, self.G, self.k_norm)        # (B, G, T, d)
         self._tap("key_pre", k)
         k = self._code("key_pre", k)
         if rope_new is not None:
@@ -210,9 +210,9 @@ class Attention(nn.Module):
         c, present = self._append(self.value_quant, past_v, c, sink_slots)   # (B, 1, S, r), present
         return probs @ c, present                                            # (B, H, T, r)
 
-    def _per_head(self, x, heads: int, norm):
-        """(B, T, heads*d) -> (B, heads, T, d), normed per head where the model norms q and k."""
-        B, T, _ = x.shape
+    def _per_head(self, x, B, T, heads: int, norm):
+        """(B, T, heads*d) -> (B, heads, T, d), normed per head where the model norms q and k. B and T come from
+        the caller's input: reading them off x again would put more shape nodes in the graph."""
         x = x.view(B, T, heads, self.d)
         if norm is not None:
             x = norm(x)
