@@ -6,7 +6,12 @@ One capture API for every statistic: taps in the decoder name what they see ('hi
 (count n, sum, sum of outer products), from which mean = sum / n and covariance = outer / n - mean mean^T.
 Position 0 (the sink) is kept apart, once, as the sink vector of each tap.
 
-Entry points: `capture(decoder, windows, want)`, `Covariance`, `Rows`, `key_tap(cfg, key_mode)`.
+`capture_streamed` takes the same statistics from a checkpoint read one layer at a time (model/stream.py): every
+window through layer 0, their hidden states kept, then layer 1, ...; each accumulator sees the windows in the
+same order as in `capture`, so the sums are the same, and only one layer's weights are in memory.
+
+Entry points: `capture(decoder, windows, want)`, `capture_streamed(stream, windows, want)`, `Covariance`,
+`Rows`, `key_tap(cfg, key_mode)`.
 """
 from __future__ import annotations
 
@@ -87,22 +92,10 @@ def capture(decoder, windows: Iterable[list[int]], want: dict[tuple[int, str], o
     want: {(layer, tap): accumulator with .update(x (N, dim))}, or a function (layer, tap) -> accumulator or None.
     Returns the sink vectors {(layer, tap): (dim,)} seen at position 0 of the first window.
     """
-    pick = want.get if isinstance(want, dict) else want
     sinks: dict[tuple[int, str], torch.Tensor] = {}
     windows = list(windows)
-
-    def hook_for(layer):
-        def tap(name, x):                                 # x (1, T, dim)
-            acc = pick((layer, name))
-            if acc is None:
-                return
-            if (layer, name) not in sinks:
-                sinks[(layer, name)] = x[0, 0].detach().double().clone()
-            acc.update(x[0, 1:])
-        return tap
-
     for i, blk in enumerate(decoder.blocks):
-        blk.attn.tap = hook_for(i)
+        blk.attn.tap = _tap_for(i, want, sinks)
     try:
         with torch.no_grad():
             for ids in tqdm(windows, desc=desc, unit="window", disable=not progress):
@@ -113,4 +106,41 @@ def capture(decoder, windows: Iterable[list[int]], want: dict[tuple[int, str], o
     finally:
         for blk in decoder.blocks:
             blk.attn.tap = None
+    return sinks
+
+
+def _tap_for(layer: int, want, sinks: dict):
+    """The tap hook of one layer: position 0 of the first window to `sinks`, the rest to its accumulator."""
+    pick = want.get if isinstance(want, dict) else want
+
+    def tap(name, x):                                     # x (1, T, dim)
+        acc = pick((layer, name))
+        if acc is None:
+            return
+        if (layer, name) not in sinks:
+            sinks[(layer, name)] = x[0, 0].detach().double().clone()
+        acc.update(x[0, 1:])
+    return tap
+
+
+def capture_streamed(stream, windows: Iterable[list[int]], want, progress: bool = True) -> dict:
+    """`capture` on a model/stream.LayerStream: the same accumulators filled and the same sinks returned, with
+    one decoder layer's weights in memory at a time (plus every window's hidden states, (T, D) each)."""
+    from ..model.fold import build_block, decoder_shell
+    sinks: dict[tuple[int, str], torch.Tensor] = {}
+    windows = [torch.tensor([ids]) for ids in windows]                  # (1, T) each
+    with torch.no_grad():
+        with stream.loaded(*stream.outer_names()):
+            shell = decoder_shell(stream.hf, stream.cfg, []).eval()
+        hidden = [shell.embed(t, torch.arange(t.shape[1])[None]) for t in windows]     # (1, T, D) each
+        for i in tqdm(range(stream.cfg.num_layers), desc="calibrating, layer by layer", unit="layer",
+                      disable=not progress):
+            with stream.loaded(stream.layer_prefix(i)):
+                block = build_block(stream.hf, stream.cfg, i).eval()
+            block.attn.tap = _tap_for(i, want, sinks)
+            empty = torch.zeros(1, block.attn.G, 0, block.attn.d)          # (1, G, 0, d): no past
+            for w, t in enumerate(windows):
+                step = shell.step(torch.ones_like(t), torch.arange(t.shape[1])[None], t.shape[1], hidden[w].dtype)
+                hidden[w], _, _ = shell.run_block(block, i, hidden[w], step, empty, empty)
+            del block
     return sinks

@@ -10,6 +10,8 @@ Entry point: `Decoder` (built by model/fold.build_decoder).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
@@ -81,16 +83,27 @@ def first_slots(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) == 1) & (attention_mask > 0)
 
 
+@dataclass
+class Step:
+    """One forward's shared inputs of the blocks (Decoder.step)."""
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    T: int
+    dtype: torch.dtype
+    layer: tuple            # (rope_new, rope_all, mask, sink_slots) of the global layers
+    local: tuple            # (rope_new, rope_all) of the local RoPE, or Nones
+    windowed: dict = field(default_factory=dict)   # window -> the layer tuple of that window's layers
+
+
 class Decoder(nn.Module):
-    def __init__(self, cfg: DecoderConfig, attentions: list[Attention], mlp_hidden: int,
-                 rope: Rope | None, local_rope: Rope | None = None):
+    def __init__(self, cfg: DecoderConfig, blocks: list[Block], rope: Rope | None, local_rope: Rope | None = None):
         super().__init__()
         self.cfg = cfg
         self.embeddings = Embeddings(cfg.vocab_size, cfg.hidden_size, cfg.tie_embeddings)
         self.pos_embed = nn.Embedding(cfg.max_positions, cfg.hidden_size) if cfg.family == "gpt2" else None
         self.rope = rope
         self.local_rope = local_rope    # the sliding-window layers' own RoPE (Gemma 3's local base), or None
-        self.blocks = nn.ModuleList(Block(cfg, a, mlp_hidden) for a in attentions)
+        self.blocks = nn.ModuleList(blocks)    # empty while model/stream.py builds them one at a time
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps) if cfg.family == "llama" else \
             nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
         self.fused = False
@@ -125,15 +138,32 @@ class Decoder(nn.Module):
         (generation needs one), 0 or None all T (perplexity needs them).
         """
         T = input_ids.shape[1]
+        x = self.embed(input_ids, position_ids)                                      # (B, T, D)
+        step = self.step(attention_mask, position_ids, T, x.dtype)
+        presents = []
+        for i, block in enumerate(self.blocks):
+            x, k, v = self.run_block(block, i, x, step, past[2 * i], past[2 * i + 1])
+            presents += [k, v]
+        if logits_to_keep is not None:
+            x = last_positions(x, logits_to_keep)                                   # (B, n, D)
+        logits = self.embeddings.logits(self.norm(x))                                # (B, n, V)
+        return (logits, *presents)
+
+    def embed(self, input_ids, position_ids) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, D) the first block's input."""
         x = self.embeddings.embed(input_ids)                                         # (B, T, D)
         if self.cfg.embed_scale is not None:
             x = x * torch.tensor(self.cfg.embed_scale, dtype=x.dtype)
         if self.pos_embed is not None:
             x = x + self.pos_embed(position_ids)
+        return x
+
+    def step(self, attention_mask, position_ids, T: int, dtype) -> "Step":
+        """What every block of one forward shares: masks, RoPE angles, sink slots."""
         if self.fused:   # GroupQueryAttention masks itself from the sequence lengths (no left padding)
             mask = sequence_lengths(attention_mask)                                  # (B,), ()
         else:
-            mask = causal_padding_mask(attention_mask, T, x.dtype)                   # (B, 1, T, S)
+            mask = causal_padding_mask(attention_mask, T, dtype)                     # (B, 1, T, S)
         rope_new = rope_all = None
         if self.rope is not None:
             rope_new = self.rope(position_ids)
@@ -147,23 +177,21 @@ class Decoder(nn.Module):
             local_new = self.local_rope(position_ids)
             if self.needs_all_positions:
                 local_all = self.local_rope((attention_mask.cumsum(-1) - 1).clamp(min=0))
-        presents, windowed = [], {}
-        for i, block in enumerate(self.blocks):
-            self._tap_hidden(block, x)
-            layer = (rope_new, rope_all, mask, sink_slots)
-            window = self.cfg.window(i)
-            if window and window not in windowed:   # layers of one window hold as many slots: one mask for all
-                windowed[window] = self._windowed(window, past[2 * i].shape[2] + T, attention_mask, T, x.dtype,
-                                                  position_ids, (rope_new, rope_all, mask, sink_slots),
-                                                  (local_new, local_all), block.attn.window_bounded)
-            if window:
-                layer = windowed[window]
-            x, k, v = block(x, layer[0], layer[1], layer[2], past[2 * i], past[2 * i + 1], layer[3])
-            presents += [k, v]
-        if logits_to_keep is not None:
-            x = last_positions(x, logits_to_keep)                                   # (B, n, D)
-        logits = self.embeddings.logits(self.norm(x))                                # (B, n, V)
-        return (logits, *presents)
+        return Step(attention_mask, position_ids, T, dtype, (rope_new, rope_all, mask, sink_slots),
+                    (local_new, local_all))
+
+    def run_block(self, block, i: int, x, step: "Step", past_k, past_v):
+        """Block i (built by this decoder, or one at a time by model/stream.py) on x (B, T, D) -> x, present k, v."""
+        self._tap_hidden(block, x)
+        layer = step.layer
+        window = self.cfg.window(i)
+        if window:
+            if window not in step.windowed:     # layers of one window hold as many slots: one mask for all
+                step.windowed[window] = self._windowed(window, past_k.shape[2] + step.T, step.attention_mask,
+                                                       step.T, step.dtype, step.position_ids, step.layer,
+                                                       step.local, block.attn.window_bounded)
+            layer = step.windowed[window]
+        return block(x, layer[0], layer[1], layer[2], past_k, past_v, layer[3])
 
     def _windowed(self, window, kept, attention_mask, T, dtype, position_ids, layer, local, bounded):
         """(rope_new, rope_all, mask, sink_slots) of the layers of one window. The fused op masks the window

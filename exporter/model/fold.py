@@ -12,7 +12,7 @@ from ..codec.linear import Projectors
 from ..codec.quantizer import quantizer_for
 from .attention import Attention
 from .config import DecoderConfig, from_hf
-from .decoder import Decoder
+from .decoder import Block, Decoder
 from .rope import local_rope_of, rope_of
 from .weights import attention_weights, hf_layers, mlp_weights
 
@@ -99,43 +99,52 @@ def _copy_norm(dst, src):
 PLUS_ONE_NORMS = ("Gemma3RMSNorm",)
 
 
+def build_block(hf, cfg: DecoderConfig, i: int, proj: Projectors | None = None) -> Block:
+    """Block i with HF's weights of layer i (only that layer's are read: model/stream.py builds one at a time)."""
+    attn = build_attention(hf, cfg, i, proj)
+    layer = hf_layers(hf)[i]
+    if cfg.family == "gpt2":
+        blk = Block(cfg, attn, layer.mlp.c_fc.weight.shape[1])
+        with torch.no_grad():
+            _copy_norm(blk.norm1, layer.ln_1)
+            _copy_norm(blk.norm2, layer.ln_2)
+            _set(blk.mlp.fc, layer.mlp.c_fc.weight.T, layer.mlp.c_fc.bias)
+            _set(blk.mlp.proj, layer.mlp.c_proj.weight.T, layer.mlp.c_proj.bias)
+        return blk
+    mlp = mlp_weights(layer)
+    blk = Block(cfg, attn, mlp["gate_proj"].shape[0])
+    with torch.no_grad():
+        _copy_norm(blk.norm1, layer.input_layernorm)
+        if cfg.sandwich_norms:     # Gemma 3: post_attention_layernorm norms attention's output
+            _copy_norm(blk.post_attn_norm, layer.post_attention_layernorm)
+            _copy_norm(blk.norm2, layer.pre_feedforward_layernorm)
+            _copy_norm(blk.post_mlp_norm, layer.post_feedforward_layernorm)
+        else:
+            _copy_norm(blk.norm2, layer.post_attention_layernorm)
+        for name, weight in mlp.items():
+            getattr(blk.mlp, name).weight.copy_(weight)
+    return blk
+
+
+def decoder_shell(hf, cfg: DecoderConfig, blocks: list[Block]) -> Decoder:
+    """The decoder around `blocks`: embeddings, positions, RoPE, final norm and head from HF's weights."""
+    dec = Decoder(cfg, blocks, rope_of(hf), local_rope_of(hf))
+    with torch.no_grad():
+        if cfg.family == "gpt2":
+            dec.pos_embed.weight.copy_(hf.transformer.wpe.weight)
+        dec.embeddings.table_t.copy_(hf.get_input_embeddings().weight.T)
+        if not cfg.tie_embeddings:
+            dec.embeddings.head_t.copy_(hf.get_output_embeddings().weight.T)
+        _copy_norm(dec.norm, hf.transformer.ln_f if cfg.family == "gpt2" else hf.model.norm)
+    return dec
+
+
 def build_decoder(hf, proj: Projectors | None = None) -> Decoder:
     """The compact decoder with HF's weights; with projectors, a compressed cache as they say."""
     cfg = from_hf(hf.config)
     if proj is not None:
         proj.check_compatible(cfg)
-    attns = [build_attention(hf, cfg, i, proj) for i in range(cfg.num_layers)]
-    if cfg.family == "gpt2":
-        mlp_hidden = hf.transformer.h[0].mlp.c_fc.weight.shape[1]
-    else:
-        mlp_hidden = mlp_weights(hf.model.layers[0])["gate_proj"].shape[0]
-    dec = Decoder(cfg, attns, mlp_hidden, rope_of(hf), local_rope_of(hf))
-    with torch.no_grad():
-        if cfg.family == "gpt2":
-            t = hf.transformer
-            dec.pos_embed.weight.copy_(t.wpe.weight)
-            for blk, layer in zip(dec.blocks, t.h):
-                _copy_norm(blk.norm1, layer.ln_1)
-                _copy_norm(blk.norm2, layer.ln_2)
-                _set(blk.mlp.fc, layer.mlp.c_fc.weight.T, layer.mlp.c_fc.bias)
-                _set(blk.mlp.proj, layer.mlp.c_proj.weight.T, layer.mlp.c_proj.bias)
-            _copy_norm(dec.norm, t.ln_f)
-        else:
-            m = hf.model
-            for blk, layer in zip(dec.blocks, m.layers):
-                _copy_norm(blk.norm1, layer.input_layernorm)
-                if cfg.sandwich_norms:     # Gemma 3: post_attention_layernorm norms attention's output
-                    _copy_norm(blk.post_attn_norm, layer.post_attention_layernorm)
-                    _copy_norm(blk.norm2, layer.pre_feedforward_layernorm)
-                    _copy_norm(blk.post_mlp_norm, layer.post_feedforward_layernorm)
-                else:
-                    _copy_norm(blk.norm2, layer.post_attention_layernorm)
-                for name, weight in mlp_weights(layer).items():
-                    getattr(blk.mlp, name).weight.copy_(weight)
-            _copy_norm(dec.norm, m.norm)
-        dec.embeddings.table_t.copy_(hf.get_input_embeddings().weight.T)
-        if not cfg.tie_embeddings:
-            dec.embeddings.head_t.copy_(hf.get_output_embeddings().weight.T)
+    dec = decoder_shell(hf, cfg, [build_block(hf, cfg, i, proj) for i in range(cfg.num_layers)])
     if proj is not None and proj.cache_quant is not None:
         dec.use_fused_attention()      # an int8 cache exists only inside the fused op: the reference runs it too
     return dec.eval()
