@@ -80,6 +80,12 @@ def config(arch: str):
     if arch == "qwen2_window":
         return Qwen2Config(**common, rope_theta=10000.0, use_sliding_window=True, sliding_window=12,
                            max_window_layers=1)
+    if arch == "tinyllama_shape":   # not tiny: TinyLlama-1.1B's shapes, 4.4 GB in float32, bigger than the export
+        # path can hold twice here; random weights (issue #19's synthetic model for the streamed path)
+        return LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                           num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
+                           rms_norm_eps=1e-5, rope_theta=10000.0, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+                           tie_word_embeddings=False)
     if arch == "gpt2":
         return GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=512, bos_token_id=2,
                           eos_token_id=2)
@@ -117,6 +123,6 @@ def make(arch: str, path: str, seed: int = 0, **overrides) -> str:
             for name, p in model.named_parameters():
                 if name.endswith("layernorm.weight") or name == "model.norm.weight":
                     p.normal_(0.0, 0.3)
-    model.save_pretrained(path)
-    _tokenizer(path)
+    model.save_pretrained(path, max_shard_size="1GB" if arch == "tinyllama_shape" else "50GB")  # shards: the
+    _tokenizer(path)                                                                          # big one only
     return path

@@ -130,8 +130,8 @@ def capture_streamed(stream, windows: Iterable[list[int]], want, progress: bool 
     sinks: dict[tuple[int, str], torch.Tensor] = {}
     windows = [torch.tensor([ids]) for ids in windows]                  # (1, T) each
     with torch.no_grad():
-        with stream.loaded(*stream.outer_names()):
-            shell = decoder_shell(stream.hf, stream.cfg, []).eval()
+        with stream.loaded(*stream.input_names()):
+            shell = decoder_shell(stream.hf, stream.cfg, [], head=False).eval()
         hidden = [shell.embed(t, torch.arange(t.shape[1])[None]) for t in windows]     # (1, T, D) each
         for i in tqdm(range(stream.cfg.num_layers), desc="calibrating, layer by layer", unit="layer",
                       disable=not progress):

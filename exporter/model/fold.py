@@ -6,6 +6,8 @@ Entry point: `build_decoder(hf, projectors=None)`.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ..codec.linear import Projectors
@@ -126,16 +128,18 @@ def build_block(hf, cfg: DecoderConfig, i: int, proj: Projectors | None = None) 
     return blk
 
 
-def decoder_shell(hf, cfg: DecoderConfig, blocks: list[Block]) -> Decoder:
-    """The decoder around `blocks`: embeddings, positions, RoPE, final norm and head from HF's weights."""
-    dec = Decoder(cfg, blocks, rope_of(hf), local_rope_of(hf))
+def decoder_shell(hf, cfg: DecoderConfig, blocks: list[Block], head: bool = True) -> Decoder:
+    """The decoder around `blocks`: embeddings, positions, RoPE, final norm and head from HF's weights.
+    head=False: a shell that only embeds (model/stream.py's passes), without the head's (D, V) matrix."""
+    dec = Decoder(cfg if head else replace(cfg, tie_embeddings=True), blocks, rope_of(hf), local_rope_of(hf))
     with torch.no_grad():
         if cfg.family == "gpt2":
             dec.pos_embed.weight.copy_(hf.transformer.wpe.weight)
         dec.embeddings.table_t.copy_(hf.get_input_embeddings().weight.T)
-        if not cfg.tie_embeddings:
+        if head and not cfg.tie_embeddings:
             dec.embeddings.head_t.copy_(hf.get_output_embeddings().weight.T)
-        _copy_norm(dec.norm, hf.transformer.ln_f if cfg.family == "gpt2" else hf.model.norm)
+        if head:
+            _copy_norm(dec.norm, hf.transformer.ln_f if cfg.family == "gpt2" else hf.model.norm)
     return dec
 
 

@@ -44,11 +44,12 @@ class LayerStream:
         """The tensor-name prefix of decoder layer i ('model.layers.3.')."""
         return self._names[id(hf_layers(self.hf)[i])] + "."
 
-    def outer_names(self) -> tuple[str, ...]:
-        """The tensors outside the decoder layers (embeddings, positions, final norm, head): `loaded` takes
-        them as prefixes."""
-        layers = tuple(self.layer_prefix(i) for i in range(self.cfg.num_layers))
-        return tuple(n for n in self.files if not n.startswith(layers))
+    def input_names(self) -> tuple[str, ...]:
+        """The tensors of the decoder's input (token embeddings; GPT-2's positions too): `loaded` takes them as
+        prefixes."""
+        names = {id(p): n for n, p in self.hf.named_parameters()}
+        modules = [self.hf.get_input_embeddings()] + ([self.hf.transformer.wpe] if self.cfg.family == "gpt2" else [])
+        return tuple(names[id(m.weight)] for m in modules)
 
     @contextmanager
     def loaded(self, *prefixes: str):
