@@ -4,10 +4,10 @@
 
 For published shapes (below; no hub here, so they are written out) and any local HF directory given, one row each:
   weights       float32 bytes of the whole model, and of its largest decoder layer (what layer streaming holds)
-  statistics    the export's calibration statistics (calib/capture.KV_TAPS: per layer, float64 second moments of
-                keys before and after RoPE, values, queries before and after RoPE, and what attention makes of
-                the values, per query head), as the code keeps them today; the query moments dominate, (H*d)^2
-                each, of which the key metric only reads the H diagonal (d, d) blocks (projectors/metric.py)
+  statistics    the export's calibration statistics (calib/statistics.kv_accumulators: per layer, float64 second
+                moments of keys before and after RoPE, values, what attention makes of the values per query head,
+                and the queries before and after RoPE as H per-head (d, d) blocks, all the key metric reads);
+                next to it, the size with whole (H*d)^2 query moments, as they were kept before
   KV bytes      per token, all layers: float16, the int8 cache, and a 4x code
 Formulas only: nothing is loaded but the config.
 """
@@ -57,13 +57,13 @@ def main(argv=None) -> int:
     for m in a.model:
         with open(os.path.join(m, "config.json")) as f:
             configs[os.path.basename(os.path.normpath(m))] = json.load(f)
-    print("| model | layers | weights fp32 (GiB) | largest layer (GiB) | statistics today (GiB) | with per-head query "
-          "blocks (GiB) | KV B/token fp16 | int8 | 4x |")
+    print("| model | layers | weights fp32 (GiB) | largest layer (GiB) | statistics (GiB) | with whole query "
+          "moments (GiB) | KV B/token fp16 | int8 | 4x |")
     print("|" + " --- |" * 9)
     for name, c in configs.items():
         s = sizes(c)
-        print(f"| {name} | {s['layers']} | {s['weights_gib']:.2f} | {s['layer_gib']:.3f} | {s['stats_gib']:.2f} | "
-              f"{s['stats_blocks_gib']:.2f} | {s['kv_fp16']:,} | {s['kv_int8']:,} | {s['kv_4x']:,} |")
+        print(f"| {name} | {s['layers']} | {s['weights_gib']:.2f} | {s['layer_gib']:.3f} | {s['stats_blocks_gib']:.2f} | "
+              f"{s['stats_gib']:.2f} | {s['kv_fp16']:,} | {s['kv_int8']:,} | {s['kv_4x']:,} |")
     return 0
 
 

@@ -30,7 +30,8 @@ def child(way: str, model: str, calib: str, tokens: int, window: int, out: str) 
     import torch
     from safetensors.torch import save_file
 
-    from exporter.calib.capture import KV_TAPS, Covariance, capture, capture_streamed
+    from exporter.calib.capture import capture, capture_streamed
+    from exporter.calib.statistics import kv_accumulators
     from exporter.calib.text import token_windows
     from exporter.calib.tokens import sink_token_id
     from exporter.model.config import from_hf
@@ -39,8 +40,7 @@ def child(way: str, model: str, calib: str, tokens: int, window: int, out: str) 
     tok = AutoTokenizer.from_pretrained(model)
     cfg = from_hf(AutoConfig.from_pretrained(model))
     windows = token_windows(tok, calib, window, tokens, sink_token_id(tok, "auto"))
-    accs = {(i, tap): Covariance(cfg.num_heads if tap == "value_mix" else 1)
-            for i in range(cfg.num_layers) for tap in KV_TAPS}
+    accs = kv_accumulators(cfg)
     if way == "whole":
         from exporter.model.fold import build_decoder
         from exporter.model.load import load

@@ -67,9 +67,38 @@ class Covariance:
 
     @classmethod
     def from_state(cls, t: dict[str, torch.Tensor]) -> "Covariance":
-        acc = cls()
+        blocks = t["outer"].dim() == 3                                 # the state says which: (H, d, d) or (n, n)
+        acc = HeadCovariance(t["outer"].shape[0]) if blocks else cls()
         acc.n, acc.sum, acc.outer = int(t["n"][0]), t["sum"], t["outer"]
         return acc
+
+
+class HeadCovariance(Covariance):
+    """Per-head blocks only: x (N, H*d) holds H heads side by side, and only each head's (d, d) block of the
+    (H*d, H*d) moments is kept, H times less than the whole. The key metric reads nothing else of the queries'
+    moments (projectors/metric.py), and for a wide model the whole would dominate the statistics (Llama-3.1-70B:
+    82.5 GiB against 3.8, docs/scale.md). covariance() is (H, d, d)."""
+
+    def __init__(self, heads: int = 1):
+        super().__init__(1)
+        self.block_heads = heads
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().double()
+        per_head = x.reshape(x.shape[0], self.block_heads, -1)                    # (N, H, d)
+        if self.sum is None:
+            self.sum = torch.zeros(x.shape[1], dtype=torch.float64)
+            self.outer = torch.zeros(self.block_heads, per_head.shape[2], per_head.shape[2], dtype=torch.float64)
+        self.n += x.shape[0]
+        self.sum += x.sum(0)
+        self.outer += per_head.transpose(0, 1).transpose(1, 2) @ per_head.transpose(0, 1)   # (H, d, d)
+
+    def covariance(self, centered: bool = True) -> torch.Tensor:
+        second = self.outer / self.n                                              # (H, d, d)
+        if not centered:
+            return second
+        mean = self.mean.view(self.block_heads, -1)                               # (H, d)
+        return second - mean[:, :, None] * mean[:, None, :]
 
 
 class Rows:

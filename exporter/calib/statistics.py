@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 
 from ..model.config import DecoderConfig
-from .capture import KV_TAPS, Covariance, Rows, capture
+from .capture import KV_TAPS, Covariance, HeadCovariance, Rows, capture
 from .store import cache_key, load_statistics, save_statistics
 from .text import file_sha256, fitting_window, token_windows
 
@@ -41,13 +41,22 @@ def kv_statistics(decoder, tokenizer, cfg: DecoderConfig, calib: str, calib_toke
         accs, sinks, counts = cached
         return Statistics(accs, sinks, {**info, "tokens": counts["n_tokens"], "cached": True})
     windows = token_windows(tokenizer, calib, window, calib_tokens, sink_id, min_tokens=MIN_CALIB_TOKENS)
-    accs = {(i, tap): Covariance(cfg.num_heads if tap == "value_mix" else 1)
-            for i in range(cfg.num_layers) for tap in KV_TAPS}
+    accs = kv_accumulators(cfg)
     sinks = capture(decoder, windows, accs)
     n_tokens = sum(len(w) - (sink_id is not None) for w in windows)
     if path:
         save_statistics(path, accs, sinks, {"n_tokens": n_tokens})
     return Statistics(accs, sinks, {**info, "tokens": n_tokens, "cached": False})
+
+
+def kv_accumulators(cfg: DecoderConfig) -> dict:
+    """{(layer, tap): an empty accumulator} of the export's statistics: whole covariances of keys and values,
+    what attention makes of the values per query head (value_mix), and the queries' per-head blocks."""
+    def make(tap):
+        if tap.startswith("query"):
+            return HeadCovariance(cfg.num_heads)
+        return Covariance(cfg.num_heads if tap == "value_mix" else 1)
+    return {(i, tap): make(tap) for i in range(cfg.num_layers) for tap in KV_TAPS}
 
 
 def calibration_samples(decoder, tokenizer, cfg: DecoderConfig, calib: str, tokens: int, window: int,

@@ -19,7 +19,7 @@ import torch
 
 from .capture import Covariance
 
-VERSION = 3     # 2: query taps (output-aware key metrics), 3: value_mix
+VERSION = 4     # 2: query taps (output-aware key metrics), 3: value_mix, 4: query taps as per-head blocks
 
 
 def cache_key(**parts) -> str:

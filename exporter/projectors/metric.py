@@ -88,9 +88,11 @@ def rotation_averaged(moment: torch.Tensor, inv_freq: torch.Tensor, window: int)
 
 
 def key_metric(query_moment: torch.Tensor, cfg, inv_freq: torch.Tensor | None, window: int) -> torch.Tensor:
-    """(G*d, G*d) metric for keys from the (H*d, H*d) uncentered second moment of the queries the keys meet:
-    rotated queries for post-RoPE codes (inv_freq None), un-rotated ones for pre-RoPE codes."""
-    blocks = group_sums(head_blocks(query_moment, cfg.num_heads), cfg.num_kv_heads)
+    """(G*d, G*d) metric for keys from the uncentered second moment of the queries the keys meet, whole
+    (H*d, H*d) or its per-head blocks (H, d, d) (what calib/statistics keeps): rotated queries for post-RoPE
+    codes (inv_freq None), un-rotated ones for pre-RoPE codes."""
+    per_head = query_moment if query_moment.dim() == 3 else head_blocks(query_moment, cfg.num_heads)
+    blocks = group_sums(per_head, cfg.num_kv_heads)
     if inv_freq is not None:
         blocks = [rotation_averaged(b, inv_freq, window) for b in blocks]
     return torch.block_diag(*blocks)

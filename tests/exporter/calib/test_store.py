@@ -27,3 +27,24 @@ def test_a_missing_or_damaged_file_is_recomputed_not_an_error(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")
     assert load_statistics(str(bad)) is None
+
+
+def test_query_moments_are_kept_as_per_head_blocks_and_survive_the_file(tmp_path):
+    """HeadCovariance keeps each head's (d, d) block of the whole moments, equal to the whole's blocks, and the
+    file brings it back as one (the key metric reads it as is)."""
+    from exporter.calib.capture import HeadCovariance
+    from exporter.projectors.metric import head_blocks
+    g = torch.Generator().manual_seed(1)
+    whole, blocks = Covariance(), HeadCovariance(3)
+    for _ in range(4):
+        x = torch.randn(11, 3 * 5, generator=g)
+        whole.update(x)
+        blocks.update(x)
+    for centered in (False, True):
+        assert torch.allclose(blocks.covariance(centered), head_blocks(whole.covariance(centered), 3), atol=1e-12)
+    assert blocks.outer.numel() == 3 * 5 * 5
+    path = str(tmp_path / "q.safetensors")
+    save_statistics(path, {(0, "query_pre"): blocks}, {})
+    back = load_statistics(path)[0][(0, "query_pre")]
+    assert isinstance(back, HeadCovariance)
+    assert all(torch.equal(back.covariance(c), blocks.covariance(c)) for c in (False, True))

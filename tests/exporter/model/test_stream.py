@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from exporter.calib.capture import KV_TAPS, Covariance, capture, capture_streamed
+from exporter.calib.capture import capture, capture_streamed
+from exporter.calib.statistics import kv_accumulators
 from exporter.errors import UserError
 from exporter.model.fold import build_decoder
 from exporter.model.load import load
@@ -22,9 +23,7 @@ def test_streamed_statistics_equal_the_whole_model_capture(arch, tiny_model_dir)
     path = tiny_model_dir(arch)
     stream = LayerStream(path)
     cfg = stream.cfg
-    accs = lambda: {(i, tap): Covariance(cfg.num_heads if tap == "value_mix" else 1)
-                    for i in range(cfg.num_layers) for tap in KV_TAPS}
-    whole, streamed = accs(), accs()
+    whole, streamed = kv_accumulators(cfg), kv_accumulators(cfg)
     sinks = capture(build_decoder(load(path).model), _windows(), whole, progress=False)
     streamed_sinks = capture_streamed(stream, _windows(), streamed, progress=False)
     assert sinks.keys() == streamed_sinks.keys() and all(torch.equal(sinks[k], streamed_sinks[k]) for k in sinks)
