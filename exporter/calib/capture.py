@@ -162,14 +162,15 @@ def capture_streamed(stream, windows: Iterable[list[int]], want, progress: bool 
         with stream.loaded(*stream.input_names()):
             shell = decoder_shell(stream.hf, stream.cfg, [], head=False).eval()
         hidden = [shell.embed(t, torch.arange(t.shape[1])[None]) for t in windows]     # (1, T, D) each
+        steps = [shell.step(torch.ones_like(t), torch.arange(t.shape[1])[None], t.shape[1], torch.float32)
+                 for t in windows]                    # masks and RoPE angles: once per window, not per layer
         for i in tqdm(range(stream.cfg.num_layers), desc="calibrating, layer by layer", unit="layer",
                       disable=not progress):
             with stream.loaded(stream.layer_prefix(i)):
                 block = build_block(stream.hf, stream.cfg, i).eval()
             block.attn.tap = _tap_for(i, want, sinks)
             empty = torch.zeros(1, block.attn.G, 0, block.attn.d)          # (1, G, 0, d): no past
-            for w, t in enumerate(windows):
-                step = shell.step(torch.ones_like(t), torch.arange(t.shape[1])[None], t.shape[1], hidden[w].dtype)
+            for w, step in enumerate(steps):
                 hidden[w], _, _ = shell.run_block(block, i, hidden[w], step, empty, empty)
             del block
     return sinks

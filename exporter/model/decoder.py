@@ -187,27 +187,27 @@ class Decoder(nn.Module):
         window = self.cfg.window(i)
         if window:
             if window not in step.windowed:     # layers of one window hold as many slots: one mask for all
-                step.windowed[window] = self._windowed(window, past_k.shape[2] + step.T, step.attention_mask,
-                                                       step.T, step.dtype, step.position_ids, step.layer,
-                                                       step.local, block.attn.window_bounded)
+                step.windowed[window] = self._windowed(step, window, past_k.shape[2] + step.T,
+                                                       block.attn.window_bounded)
             layer = step.windowed[window]
         return block(x, layer[0], layer[1], layer[2], past_k, past_v, layer[3])
 
-    def _windowed(self, window, kept, attention_mask, T, dtype, position_ids, layer, local, bounded):
+    def _windowed(self, step: "Step", window: int, kept, bounded: bool):
         """(rope_new, rope_all, mask, sink_slots) of the layers of one window. The fused op masks the window
         itself and rotates from the local tables; else a bounded cache holds the last `kept` slots only, so the
         mask and the slots' positions are cut to them."""
-        rope_new, rope_all, mask, sink_slots = layer
-        local_new, local_all = local
+        rope_new, rope_all, mask, sink_slots = step.layer
         if self.local_rope is not None:
-            rope_new = local_new
-            rope_all = (self.local_rope_cos_table, self.local_rope_sin_table, position_ids) if self.fused else local_all
+            rope_new = step.local[0]
+            rope_all = (self.local_rope_cos_table, self.local_rope_sin_table, step.position_ids) if self.fused \
+                else step.local[1]
         if self.fused:
             return rope_new, rope_all, mask, sink_slots
+        mask_of = lambda kept_slots: causal_padding_mask(step.attention_mask, step.T, step.dtype, window, kept_slots)
         if not bounded:
-            return rope_new, rope_all, causal_padding_mask(attention_mask, T, dtype, window), sink_slots
-        rope_all, sink_slots = last_slots(rope_all, sink_slots, attention_mask.shape[1], kept)
-        return rope_new, rope_all, causal_padding_mask(attention_mask, T, dtype, window, kept), sink_slots
+            return rope_new, rope_all, mask_of(None), sink_slots
+        rope_all, sink_slots = last_slots(rope_all, sink_slots, step.attention_mask.shape[1], kept)
+        return rope_new, rope_all, mask_of(kept), sink_slots
 
     def _rope_tables(self, attention_mask, position_ids):
         """The op's cos/sin tables: baked into the graph, or for LongRoPE computed each call for the positions

@@ -5,7 +5,7 @@ memory-mapped safetensors files only while the part that holds it runs.
     with stream.loaded(stream.layer_prefix(i)):  # layer i's tensors, then back to meta
         block = build_block(stream.hf, stream.cfg, i)
 
-So a pass over the model layer by layer (calib/stream.py) holds one layer's weights, not the model's: the path to
+So a pass over the model layer by layer (calib/capture.capture_streamed) holds one layer's weights, not the model's: the path to
 models bigger than this machine (issue #19). safetensors only (a local HF directory); the same fold code builds
 the blocks, so a streamed block is the whole-model block.
 
