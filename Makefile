@@ -8,6 +8,12 @@ STAMP     := $(VENV)/.setup-done
 # optimum-onnx pins transformers<4.58: its own virtualenv, used only by tests/validate/test_optimum.py (docs/optimum.md)
 OPT_VENV  := build/venvs/optimum
 OPT_STAMP := $(OPT_VENV)/.setup-done
+# Our kernels (graphs/kernels): a C++ library against onnxruntime's C/C++ API headers, which no Python wheel
+# ships; they come from an npm package that carries onnxruntime's framework headers (MIT), kept under build/.
+ORT_HEADERS_PKG := com.github.asus4.onnxruntime@0.4.9
+ORT_HEADERS_IN  := package/Plugins/iOS~/onnxruntime.xcframework/ios-arm64_x86_64-simulator/onnxruntime.framework/Headers
+ORT_HEADERS     := build/third_party/onnxruntime-headers
+KERNELS_LIB     := build/kernels/libspectral_kv.so
 
 MODEL     ?=
 K         ?=
@@ -20,6 +26,8 @@ DTYPE     ?= float32
 CACHE     ?=
 KV_DTYPE  ?=
 KV_ROTATION ?=
+KV_KERNEL ?=
+STREAM    ?=
 METHOD    ?=
 BUDGET    ?=
 MAX_PPL_INCREASE ?=
@@ -43,11 +51,12 @@ TEXT      ?=
 .PHONY: setup optimum-setup export validate generate analyze interop test test-fast clean help bench-runtime bench-batch frontier
 
 help:
-	@echo "make export                              the default: K=full, an int8 cache onnxruntime's fused attention reads"
+	@echo "make export                              the default: K=full, an int8 cache our attention kernel reads (KV_KERNEL=codes)"
 	@echo "make export [MODEL=id|dir|file.gguf] [K=full|N|auto] [K_KEY=] [K_VALUE=] [KEY_MODE=pre-rope|post-rope] [CALIB=file]"
 	@echo "            [SEED=0] [DTYPE=float32|float16] [CACHE=concat|shared-buffer] [METHOD=pca|output-aware|trained|raw]"
-	@echo "            [KV_DTYPE=int8 [KV_ROTATION=hadamard|none]]  (with CACHE=shared-buffer K=full)"
+	@echo "            [KV_DTYPE=int8 [KV_ROTATION=hadamard|none] [KV_KERNEL=onnxruntime|codes]]  (with CACHE=shared-buffer K=full)"
 	@echo "            [WINDOW_CACHE=bounded|full]  (sliding-window layers: keep the window, or every token)"
+	@echo "            [STREAM=1|0]  (read and export one layer at a time; default: models over 2 GiB of float32 weights)"
 	@echo "            [TRAIN_LOSS=kl|hidden|reconstruction] [TRAIN_STEPS=64] [TRAIN_LR=3e-4] [TRAIN_SCHEDULE=constant|cosine]"
 	@echo "            [TRAIN_TOKENS=<training tokens of CALIB; default: the calibration tokens>]"
 	@echo "make export QUANT=spectral|uniform [QUANT_RATIO=4] [QUANT_SCALES=static|token]  quantized latents, bits by"
@@ -63,7 +72,17 @@ help:
 	@echo "make bench-runtime [BENCH_ARGS=...]       ours vs onnxruntime-genai, HF, optimum (TTFT, tok/s, RSS) -> build/bench-runtime.md"
 	@echo "make bench-batch [BENCH_ARGS=...]         batch x context grid: K=full, the int8 default, genai (docs/runtime_speed.md)"
 
-setup: $(STAMP)
+setup: $(STAMP) $(KERNELS_LIB)
+
+$(ORT_HEADERS)/onnxruntime_c_api.h:
+	rm -rf $(ORT_HEADERS) build/third_party/npm && mkdir -p build/third_party/npm
+	cd build/third_party/npm && npm pack --silent $(ORT_HEADERS_PKG) >/dev/null
+	tar xzf build/third_party/npm/*.tgz -C build/third_party/npm --wildcards '$(ORT_HEADERS_IN)/*'
+	mv 'build/third_party/npm/$(ORT_HEADERS_IN)' $(ORT_HEADERS) && rm -rf build/third_party/npm
+
+$(KERNELS_LIB): graphs/kernels/codes_attention.cc $(ORT_HEADERS)/onnxruntime_c_api.h
+	mkdir -p $(dir $@)
+	$(CXX) -O3 -mavx2 -mfma -std=c++17 -shared -fPIC -Wall -I $(ORT_HEADERS) -o $@ $<
 
 $(STAMP): requirements.txt Makefile
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -86,6 +105,8 @@ export: setup
 		$(if $(K_VALUE),--k-value "$(K_VALUE)") --key-mode "$(KEY_MODE)" $(if $(CALIB),--calib "$(CALIB)") \
 		--seed "$(SEED)" --dtype "$(DTYPE)" $(if $(CACHE),--cache "$(CACHE)") $(if $(METHOD),--method "$(METHOD)") \
 		$(if $(KV_DTYPE),--kv-dtype "$(KV_DTYPE)") $(if $(KV_ROTATION),--kv-rotation "$(KV_ROTATION)") \
+		$(if $(KV_KERNEL),--kv-kernel "$(KV_KERNEL)") $(if $(filter 1,$(STREAM)),--stream) \
+		$(if $(filter 0,$(STREAM)),--no-stream) \
 		$(if $(WINDOW_CACHE),--window-cache "$(WINDOW_CACHE)") \
 		$(if $(BUDGET),--budget "$(BUDGET)") $(if $(MAX_PPL_INCREASE),--max-ppl-increase "$(MAX_PPL_INCREASE)") \
 		$(if $(TIE_RANKS),--tie-ranks) --train-loss "$(TRAIN_LOSS)" --train-steps "$(TRAIN_STEPS)" \
@@ -123,7 +144,10 @@ bench-runtime: setup optimum-setup
 bench-batch: setup
 	test -d build/smollm2-135m-kfull || $(PYTHON) -m exporter --k full
 	test -d build/smollm2-135m-kfull-shared || $(PYTHON) -m exporter --k full --cache shared-buffer
-	test -d build/smollm2-135m-kfull-shared-kvint8 || $(PYTHON) -m exporter --k full --cache shared-buffer --kv-dtype int8
+	test -d build/smollm2-135m-kfull-shared-kvint8 || $(PYTHON) -m exporter --k full --cache shared-buffer --kv-dtype int8 \
+		--kv-kernel onnxruntime
+	test -d build/smollm2-135m-kfull-shared-kvint8-codes || $(PYTHON) -m exporter --k full --cache shared-buffer \
+		--kv-dtype int8 --kv-kernel codes
 	$(PYTHON) -c "from benchmarks.runtime_bench.prepare import genai_peer; genai_peer()"
 	$(PYTHON) -m benchmarks.batch_decode $(BENCH_ARGS)
 

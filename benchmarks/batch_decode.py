@@ -105,7 +105,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", default="8x4096,8x1024,1x4096,1x128", help="BATCHxCONTEXT cells, comma-separated")
     p.add_argument("--ours", default="build/smollm2-135m-kfull,build/smollm2-135m-kfull-shared,"
-                                     "build/smollm2-135m-kfull-shared-kvint8",
+                                     "build/smollm2-135m-kfull-shared-kvint8,build/smollm2-135m-kfull-shared-kvint8-codes",
                    help="our export directories; the first is the reference for greedy agreement")
     p.add_argument("--genai", default="build/bench/genai-smollm2-135m-fp32-cpu",
                    help="onnxruntime-genai builder model directory ('' to leave it out)")

@@ -1,5 +1,6 @@
 """The attention of a decode step alone: onnxruntime's GroupQueryAttention over a float cache against the same op
-over an int8 cache (what KV_DTYPE=int8 exports run), at a batch x context, on CPU or CUDA.
+over an int8 cache (what KV_DTYPE=int8 exports run) and, on CPU, our kernel over the same int8 codes
+(spectral_kv.CodesAttention, KV_KERNEL=codes), at a batch x context.
 
     python -m benchmarks.gqa_attention --batch 8 --context 4096 [--provider cpu|cuda] [--dtype float32|float16]
 
@@ -7,7 +8,7 @@ SmolLM2-135M's attention shapes (30 layers of 9 query heads and 3 KV heads of 64
 nodes, each layer's cache one buffer bound as past and present (written in place), IO binding. Needs only
 numpy, onnx and onnxruntime (or onnxruntime-gpu), so it runs on a GPU machine without the rest of the project:
 the GPU check of the runtime issue is `--provider cuda --dtype float16 --batch 16 --context 32768`.
-Prints ms per step for each cache type and the ratio.
+Prints ms per step for each cache type and the ratio. Our kernel's row needs the library `make setup` builds.
 """
 from __future__ import annotations
 
@@ -20,12 +21,15 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from graphs import kernels
+
 HEADS, KV_HEADS, HEAD, LAYERS = 9, 3, 64, 30
 FLOATS = {"float32": (TensorProto.FLOAT, np.float32), "float16": (TensorProto.FLOAT16, np.float16)}
 
 
 def graph(cache: str, dtype: str) -> bytes:
-    """30 GQA nodes; cache 'float' (the model's dtype) or 'int8' (static per-channel scales)."""
+    """30 GQA nodes; cache 'float' (the model's dtype), 'int8' (static per-channel scales) or 'codes' (int8, our
+    kernel)."""
     ft = FLOATS[dtype][0]
     ct = ft if cache == "float" else TensorProto.INT8
     vi = helper.make_tensor_value_info
@@ -39,7 +43,7 @@ def graph(cache: str, dtype: str) -> bytes:
         outputs += [vi(f"present_k{layer}", ct, None), vi(f"present_v{layer}", ct, None)]
         ins = [x, "k", "v", f"past_k{layer}", f"past_v{layer}", "seqlens_k", "total"]
         attrs = dict(num_heads=HEADS, kv_num_heads=KV_HEADS)
-        if cache == "int8":
+        if cache != "float":
             ins += [""] * 5 + ["k_scale", "v_scale"]
             attrs.update(k_quant_type="PER_CHANNEL", v_quant_type="PER_CHANNEL", kv_cache_bit_width=8)
         nodes.append(helper.make_node("GroupQueryAttention", ins, [f"o{layer}", f"present_k{layer}",
@@ -47,10 +51,12 @@ def graph(cache: str, dtype: str) -> bytes:
                                       domain="com.microsoft", **attrs))
         x = f"o{layer}"
     scales = [helper.make_tensor(n, TensorProto.FLOAT, [KV_HEADS * HEAD], np.full(KV_HEADS * HEAD, 0.05))
-              for n in ("k_scale", "v_scale")] if cache == "int8" else []
+              for n in ("k_scale", "v_scale")] if cache != "float" else []
     g = helper.make_graph(nodes, "attention", inputs, [vi(x, ft, None)] + outputs, scales)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 10
+    if cache == "codes":
+        kernels.use_codes_attention(model)
     return model.SerializeToString()
 
 
@@ -59,7 +65,9 @@ def step_ms(cache: str, dtype: str, batch: int, context: int, provider: str, ste
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
     if provider == "cuda" and hasattr(ort, "preload_dlls"):
         ort.preload_dlls()
-    session = ort.InferenceSession(graph(cache, dtype), providers=providers)
+    options = ort.SessionOptions()
+    kernels.register(options)
+    session = ort.InferenceSession(graph(cache, dtype), options, providers=providers)
     device = "cuda" if provider == "cuda" else "cpu"
     np_float = FLOATS[dtype][1]
     np_cache = np_float if cache == "float" else np.int8
@@ -103,10 +111,14 @@ def main(argv=None) -> int:
     print(f"onnxruntime {ort.__version__}, {a.provider}, {a.dtype}, batch {a.batch} x context {a.context}, "
           f"{LAYERS} layers of GroupQueryAttention ({HEADS} heads, {KV_HEADS} KV heads of {HEAD})")
     base = None
-    for cache in ("float", "int8"):
+    caches = ("float", "int8") + (("codes",) if a.provider == "cpu" and a.dtype == "float32" else ())
+    if "codes" in caches and kernels.library_path() is None:
+        print(f"  (our kernel's row skipped: {kernels.BUILD_HINT})")
+        caches = caches[:2]
+    for cache in caches:
         ms, mib = step_ms(cache, a.dtype, a.batch, a.context, a.provider, a.steps)
         base = base or ms
-        print(f"  {cache if cache == 'int8' else a.dtype:8s} cache {mib:9.0f} MiB: {ms:8.2f} ms/step  "
+        print(f"  {a.dtype if cache == 'float' else cache:8s} cache {mib:9.0f} MiB: {ms:8.2f} ms/step  "
               f"({base / ms:.2f}x the float cache)", flush=True)
     return 0
 

@@ -12,8 +12,9 @@ import argparse
 import sys
 
 from .errors import cli_exit
-from .options import (ALLOCATIONS, DEFAULT_KEY_MODE, KV_DTYPES, KV_ROTATIONS, LOSSES, METHODS, SHAPING, WINDOW_CACHES,
-                      AutoOptions, ExportOptions, QuantOptions, TrainOptions, parse_percent, with_default_export)
+from .options import (ALLOCATIONS, DEFAULT_KEY_MODE, KV_DTYPES, KV_KERNELS, KV_ROTATIONS, LOSSES, METHODS, SHAPING,
+                      WINDOW_CACHES, AutoOptions, ExportOptions, QuantOptions, TrainOptions, parse_percent,
+                      with_default_export)
 
 
 def main(argv=None) -> int:
@@ -41,11 +42,18 @@ def main(argv=None) -> int:
     p.add_argument("--kv-dtype", default=None, choices=KV_DTYPES,
                    help="int8: onnxruntime's fused attention (CACHE=shared-buffer) stores int8 codes of the cache and "
                         "reads them itself; static per-channel steps fitted on calibration text (K=full)")
+    p.add_argument("--kv-kernel", default=None, choices=KV_KERNELS,
+                   help="with --kv-dtype: the attention kernel that reads the int8 codes: onnxruntime's "
+                        "GroupQueryAttention, or ours (codes: each cached row read once per KV head; CPU, built by "
+                        "`make setup`)")
     p.add_argument("--kv-rotation", default=d.kv_rotation, choices=KV_ROTATIONS,
                    help="with --kv-dtype: rotate each head's keys and values first (hadamard), or not (none)")
     p.add_argument("--window-cache", default=d.window_cache, choices=WINDOW_CACHES,
                    help="sliding-window layers: bounded keeps only the window (concat cache); full keeps every token "
                         "and masks to the window (what onnxruntime-genai and the fused op's shared buffer take)")
+    p.add_argument("--stream", default=None, action=argparse.BooleanOptionalAction,
+                   help="read and export the model one layer at a time, weights in model.onnx.data (default: when "
+                        "a local safetensors model's float32 weights pass 2 GiB; K=full for now)")
     p.add_argument("--method", default=None, choices=METHODS,
                    help="pca: plain PCA; output-aware: PCA in the metric of attention scores and the output "
                         "projection; trained: output-aware, then fine-tuned on the calibration text "
@@ -105,13 +113,14 @@ def options_from(a: argparse.Namespace) -> ExportOptions:
     """The ExportOptions the flags ask for: the default export unless one of SHAPING was given."""
     d = ExportOptions()
     key_scales, _, value_scales = a.quant_scales.partition(",")
-    given = {name for name in SHAPING if getattr(a, name, None) is not None}
+    given = {name for name in SHAPING + ("kv_kernel",) if getattr(a, name, None) is not None}
     opts = ExportOptions(model=a.model or None, k=a.k or d.k, k_key=a.k_key or None, k_value=a.k_value or None,
                          key_mode=a.key_mode, calib=a.calib or d.calib, calib_tokens=a.calib_tokens,
                          window=a.window, seed=a.seed, out=a.out, projectors=a.projectors, sink=a.sink,
                          trust_remote_code=a.trust_remote_code, dtype=a.dtype,
-                         cache=a.cache or d.cache, kv_dtype=a.kv_dtype, kv_rotation=a.kv_rotation, method=a.method,
-                         window_cache=a.window_cache,
+                         cache=a.cache or d.cache, kv_dtype=a.kv_dtype, kv_rotation=a.kv_rotation, kv_kernel=a.kv_kernel or d.kv_kernel,
+                         method=a.method,
+                         window_cache=a.window_cache, stream=a.stream,
                          auto=AutoOptions(budget_bytes=a.budget, granularity=a.granularity, tie=a.tie_ranks,
                                           max_ppl_increase=parse_percent(a.max_ppl_increase)
                                           if a.max_ppl_increase else None, sensitivity=a.sensitivity,

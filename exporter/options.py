@@ -31,6 +31,9 @@ ALLOCATIONS = ("spectral", "uniform")
 SCALES = ("static", "token")            # quantizer steps: fixed per component, or a scale byte per token and group
 KV_DTYPES = ("int8",)                   # a cache onnxruntime's fused attention quantizes itself (codec/cache_quant.py)
 KV_ROTATIONS = ("hadamard", "none")
+# which kernel reads an int8 cache: onnxruntime's GroupQueryAttention, or ours (graphs/kernels: spectral_kv.
+# CodesAttention, each cached row read once per KV head, CPU only)
+KV_KERNELS = ("onnxruntime", "codes")
 WINDOW_CACHES = ("bounded", "full")     # a sliding-window layer's cache: its window only, or every token
 
 
@@ -114,7 +117,10 @@ class ExportOptions:
     cache: str = "concat"           # 'shared-buffer': fused GroupQueryAttention, in-place cache (graphs/contract.py)
     kv_dtype: str | None = None     # 'int8': the fused op stores int8 codes of rotated keys and values
     kv_rotation: str = "hadamard"   # with kv_dtype: the per-head rotation before the op quantizes
+    kv_kernel: str = "onnxruntime"  # with kv_dtype: the kernel that reads the codes (KV_KERNELS)
     window_cache: str = "bounded"   # sliding-window layers: keep window - 1 tokens, or all (masked to the window)
+    stream: bool | None = None      # read and export the model one layer at a time (job/streamed.py); None: when
+                                    # its float32 weights pass STREAM_ABOVE_BYTES
     method: str | None = None       # 'pca' | 'output-aware' (projectors/metric.py) | 'trained' (projectors/train.py,
                                     # from output-aware) | 'raw'; None: pca, or output-aware for K=auto
     train: TrainOptions = field(default_factory=TrainOptions)
@@ -127,25 +133,27 @@ class ExportOptions:
         return str(self.k).lower() == "auto"
 
 
-DEFAULT_EXPORT = {"k": "full", "cache": "shared-buffer", "kv_dtype": "int8"}   # what `make export` builds
+# what `make export` builds: K=full, an int8 cache read by our kernel (graphs/kernels)
+DEFAULT_EXPORT = {"k": "full", "cache": "shared-buffer", "kv_dtype": "int8", "kv_kernel": "codes"}
 # the options that shape the cache: when a user gives none of them, the default export is built
 SHAPING = ("k", "k_key", "k_value", "cache", "kv_dtype", "method", "projectors")
 
 
 def with_default_export(o: ExportOptions, given: set[str]) -> ExportOptions:
-    """The default export (K=full, an int8 cache onnxruntime's fused attention reads: the best measured trade of
-    bytes, speed and quality, docs/runtime_speed.md) unless one of SHAPING was given, or a float16 or quantized
-    (QUANT) export was asked for."""
+    """The default export (K=full, an int8 cache our kernel reads: the best measured trade of bytes, speed and
+    quality, docs/runtime_speed.md) unless one of SHAPING was given, or a float16 or quantized (QUANT) export was
+    asked for. A KV_KERNEL given alone picks the kernel of the default export."""
     if given & set(SHAPING) or o.dtype != "float32" or o.quant.allocation is not None:
         return o
-    return replace(o, **DEFAULT_EXPORT, default_export=True)
+    kernel = {"kv_kernel": o.kv_kernel} if "kv_kernel" in given else {}
+    return replace(o, **{**DEFAULT_EXPORT, **kernel}, default_export=True)
 
 
 def default_for_windows(o: ExportOptions) -> ExportOptions:
     """The default export of a model with sliding-window layers: K=full in the concat contract, whose windowed
     layers keep only their window (the fused op's shared buffer cannot bound them), unless WINDOW_CACHE=full
     was asked for (then the int8 shared buffer, the window masked by the op)."""
-    return o if o.window_cache == "full" else replace(o, cache="concat", kv_dtype=None)
+    return o if o.window_cache == "full" else replace(o, cache="concat", kv_dtype=None, kv_kernel="onnxruntime")
 
 
 def parse_percent(value: str) -> float:

@@ -11,6 +11,7 @@ import json
 import os
 
 from . import contract as C
+from . import kernels
 from .metadata import ExportMetadata
 
 GENAI_CONFIG = "genai_config.json"
@@ -19,6 +20,17 @@ GENAI_CONFIG = "genai_config.json"
 def uniform_shape(layout: C.CacheLayout) -> C.CacheShape | None:
     shapes = set(layout.keys) | set(layout.values)
     return shapes.pop() if len(shapes) == 1 else None
+
+
+def custom_ops(meta: ExportMetadata) -> dict:
+    """genai's session option that loads our kernel library, for exports that use our ops (its absolute path on
+    this machine: another machine rewrites it, README "Run it elsewhere")."""
+    if not meta.kernels:
+        return {}
+    path = kernels.library_path()
+    if path is None:
+        raise ValueError(f"this export uses our kernels and onnxruntime-genai must load them: {kernels.BUILD_HINT}")
+    return {"custom_ops_library": path}
 
 
 def genai_config(meta: ExportMetadata, max_length: int | None = None) -> dict:
@@ -49,7 +61,7 @@ def genai_config(meta: ExportMetadata, max_length: int | None = None) -> dict:
                 "filename": "model.onnx", "head_size": shape.head_size, "hidden_size": m["hidden_size"],
                 "num_attention_heads": m["num_heads"], "num_hidden_layers": m["num_layers"],
                 "num_key_value_heads": shape.kv_heads,
-                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": [], **custom_ops(meta)},
                 "inputs": {"input_ids": C.INPUT_IDS, "attention_mask": C.ATTENTION_MASK,
                            "position_ids": C.POSITION_IDS, "past_key_names": "past_key_values.%d.key",
                            "past_value_names": "past_key_values.%d.value"},

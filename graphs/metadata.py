@@ -38,6 +38,7 @@ class ExportMetadata:
     exporter: str = ""
     cache_update: str = "concat"     # graphs/contract.py CACHE_UPDATES: how present relates to past
     extra: dict = field(default_factory=dict)
+    kernels: list = field(default_factory=list)    # our ops the graph uses (graphs/kernels): sessions need the library
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -48,6 +49,8 @@ class ExportMetadata:
         d["layout"] = self.layout.to_json()
         d["format"] = FORMAT
         d["kv_bytes_per_token"] = self.kv_bytes_per_token
+        if not self.kernels:                            # exports without our ops keep their bytes
+            del d["kernels"]
         return d
 
     @classmethod

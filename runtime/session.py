@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
+from graphs import kernels
 from graphs.metadata import ExportError
 
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -60,6 +61,7 @@ def session_options(optimization: str = "all", intra_op_threads: int = 0) -> ort
     options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
     options.intra_op_num_threads = intra_op_threads
     options.log_severity_level = 3  # errors only: the CPU fallback warning is handled below
+    kernels.register(options)       # our ops (graphs/kernels), when built: exports that use them need it
     return options
 
 
@@ -99,6 +101,9 @@ def open_session(model_path: str, provider: str | None = None, optimization: str
         session = ort.InferenceSession(model_path, sess_options=session_options(optimization, intra_op_threads),
                                        providers=providers)
     except MODEL_LOAD_ERRORS as e:
+        if kernels.DOMAIN in str(e):
+            raise ExportError(f"{model_path} uses our kernels and onnxruntime cannot find them: "
+                              f"{kernels.BUILD_HINT}") from None
         raise ExportError(f"onnxruntime cannot load {model_path} ({first_line(e)}): the file is truncated or "
                           "damaged, re-export it with `make export`") from None
     on_cuda = CUDA_PROVIDER in session.get_providers()

@@ -46,9 +46,10 @@ def check_out_dir(out_dir: str) -> None:
                         "pass a new path, or move it away first")
 
 
-def save_export(decoder, meta: ExportMetadata, tokenizer, out_dir: str, projectors=None) -> str:
+def save_export(decoder, meta: ExportMetadata, tokenizer, out_dir: str, projectors=None, write_model=None) -> str:
     """Write model.onnx, tokenizer.json, the projectors and export.json (last) to a hidden partial directory, then
-    swap it in at out_dir, so an interrupted export leaves nothing half-written. Returns out_dir."""
+    swap it in at out_dir, so an interrupted export leaves nothing half-written. Returns out_dir.
+    write_model(path, props): how model.onnx is written, when not traced from `decoder` (export/pieces.py)."""
     out_dir = os.path.normpath(out_dir)
     tmp = hidden_sibling(out_dir, "partial", os.getpid())
     shutil.rmtree(tmp, ignore_errors=True)
@@ -56,7 +57,10 @@ def save_export(decoder, meta: ExportMetadata, tokenizer, out_dir: str, projecto
     try:
         props = {"format": "spectral-kv", "key_mode": meta.key_mode,
                  "kv_bytes_per_token": str(meta.kv_bytes_per_token), "model": meta.model.get("source", "")}
-        write_onnx(decoder, meta.layout, os.path.join(tmp, MODEL_FILE), props)
+        if write_model is None:
+            write_onnx(decoder, meta.layout, os.path.join(tmp, MODEL_FILE), props, meta.kernels)
+        else:
+            write_model(os.path.join(tmp, MODEL_FILE), props)
         tokenizer.save_pretrained(tmp)          # tokenizer.json (our runtime) + tokenizer_config.json (genai)
         assert os.path.isfile(os.path.join(tmp, TOKENIZER_FILE))
         if projectors is not None:

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from graphs import contract as C
+from graphs.kernels import CODES_ATTENTION, use_codes_attention
 from graphs.checks import check_contract, check_model
 from graphs.passes import (clamp_ir_version, make_input_optional, place_group_query_scales, set_metadata_props,
                            strip_doc_strings, to_float16)
@@ -81,9 +82,10 @@ def _io_names(layout: C.CacheLayout):
     return inputs, outputs, axes
 
 
-def write_onnx(decoder, layout: C.CacheLayout, path: str, props: dict[str, str]) -> None:
+def write_onnx(decoder, layout: C.CacheLayout, path: str, props: dict[str, str], kernels: list = ()) -> None:
     """Trace, clean and save model.onnx (external data beside it when over 2 GB), then check it.
-    A float16 layout converts the traced float32 graph (graphs/passes.to_float16; logits stay float32)."""
+    A float16 layout converts the traced float32 graph (graphs/passes.to_float16; logits stay float32);
+    kernels naming CodesAttention swaps the int8 GroupQueryAttention nodes for ours (graphs/kernels)."""
     steps = tqdm(total=4, desc="exporting", unit="step")
     inputs, outputs, axes = _io_names(layout)
     with torch.no_grad(), warnings.catch_warnings():
@@ -97,6 +99,8 @@ def write_onnx(decoder, layout: C.CacheLayout, path: str, props: dict[str, str])
     model = onnx.load(path)
     strip_doc_strings(model)
     place_group_query_scales(model)
+    if CODES_ATTENTION in kernels:
+        use_codes_attention(model)
     make_input_optional(model, C.LOGITS_TO_KEEP, numpy.array(0, dtype=numpy.int64))
     if layout.dtype == "float16":
         model = to_float16(model, keep_float32_io=(C.LOGITS,))

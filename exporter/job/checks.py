@@ -6,10 +6,11 @@ known, before calibration), `is_quantized(o)` (refuses what a quantized cache ca
 """
 from __future__ import annotations
 
+from graphs import kernels
 from graphs.contract import CACHE_UPDATES, DTYPE_BYTES
 
 from ..errors import UserError
-from ..options import KEY_MODES, KV_DTYPES, KV_ROTATIONS, METHODS, WINDOW_CACHES, ExportOptions
+from ..options import KEY_MODES, KV_DTYPES, KV_KERNELS, KV_ROTATIONS, METHODS, WINDOW_CACHES, ExportOptions
 from ..quant.design import float16_bytes
 from ..ranks.auto import check_budget
 
@@ -77,8 +78,14 @@ def is_quantized(o: ExportOptions) -> bool:
 
 def has_cache_quant(o: ExportOptions) -> bool:
     """Whether onnxruntime's fused attention quantizes the cache (KV_DTYPE); refuses what it cannot take."""
+    if o.kv_kernel not in KV_KERNELS:
+        raise UserError(f"KV_KERNEL={o.kv_kernel!r} is unknown: use {' or '.join(KV_KERNELS)}")
     if o.kv_dtype is None:
+        if o.kv_kernel != "onnxruntime":
+            raise UserError(f"KV_KERNEL={o.kv_kernel} reads an int8 cache: add KV_DTYPE=int8 CACHE=shared-buffer")
         return False
+    if o.kv_kernel == "codes" and kernels.library_path() is None:
+        raise UserError(f"KV_KERNEL=codes needs our kernel library, which is not built: {kernels.BUILD_HINT}")
     if o.kv_dtype not in KV_DTYPES:
         raise UserError(f"KV_DTYPE={o.kv_dtype!r} is unknown: use {' or '.join(KV_DTYPES)}")
     if o.kv_rotation not in KV_ROTATIONS:

@@ -58,11 +58,14 @@ class ExportJob:
         check_against_model(o, cfg)
         if o.method is None:
             o = replace(o, method="output-aware" if o.is_auto else "pca")
+        return cls.of(o, loaded, cfg, model_fingerprint(loaded.model), build_decoder(loaded.model))
+
+    @classmethod
+    def of(cls, o: ExportOptions, loaded: Loaded, cfg: DecoderConfig, fingerprint: str, decoder) -> "ExportJob":
+        """The job of checked options and a model already read (job/streamed.py reads it layer by layer)."""
         key_mode = o.key_mode if cfg.has_rope else "post-rope"   # without RoPE both modes are k-space scores
-        fingerprint = model_fingerprint(loaded.model)
-        return cls(o, loaded, cfg, key_mode, sink_token_id(loaded.tokenizer, o.sink), fingerprint,
-                   build_decoder(loaded.model), {"model": loaded.source, "model_fingerprint": fingerprint,
-                                                 "seed": o.seed})
+        return cls(o, loaded, cfg, key_mode, sink_token_id(loaded.tokenizer, o.sink), fingerprint, decoder,
+                   {"model": loaded.source, "model_fingerprint": fingerprint, "seed": o.seed})
 
     @property
     def hf(self):

@@ -18,21 +18,19 @@ from __future__ import annotations
 import os
 import time
 
-import torch
-
 from graphs.contract import DTYPE_BYTES, cached_token_bytes
 from graphs.metadata import ExportMetadata
 
-from ..calib.tokens import chat_wrapper, stop_tokens
 from ..codec.store import load_projectors
 from ..export.claim import claim_out_dir
 from ..export.directory import check_out_dir, point_latest, save_export
-from ..export.onnx_file import OPSET, layout_of
 from ..model.fold import build_decoder
 from ..options import ExportOptions, parse_rank, per_layer
 from ..quant.design import float16_bytes
 from .checks import check_shared_buffer, has_cache_quant, is_quantized
 from .job import ExportJob
+from .metadata import export_metadata
+from .streamed import run_streamed_export, streams
 from .stages import choose_auto_ranks, fit_cache_quant, fit_projectors, quantize
 
 
@@ -51,7 +49,8 @@ def default_out(o: ExportOptions, name: str, key_rank, value_rank) -> str:
         tag = f"k{key_rank or 'full'}v{value_rank or 'full'}-{o.key_mode}"
     suffix = ("" if o.method in ("pca", None) else f"-{o.method}") + ("" if o.dtype == "float32" else "-fp16") \
         + ("" if o.cache == "concat" else "-shared") + (f"-kv{o.kv_dtype}" if o.kv_dtype else "") \
-        + ("-norot" if o.kv_dtype and o.kv_rotation == "none" else "")
+        + ("-norot" if o.kv_dtype and o.kv_rotation == "none" else "") \
+        + ("-codes" if o.kv_dtype and o.kv_kernel == "codes" else "")
     q = o.quant
     if q.allocation:
         scales = q.key_scales if q.key_scales == q.value_scales else f"{q.key_scales}-{q.value_scales}"
@@ -59,41 +58,11 @@ def default_out(o: ExportOptions, name: str, key_rank, value_rank) -> str:
     return os.path.join(o.build_dir, f"{name}-{tag}{suffix}")
 
 
-def sink_handling(proj) -> str:
-    if proj is None:
-        return "constant prefix at position 0"
-    if proj.cache_quant is not None:
-        return "constant prefix at position 0; its int8 codes use the same steps as every token"
-    if proj.info.get("method") == "trained":
-        return "constant prefix at position 0; trained with it in every window (no longer coded exactly)"
-    return "constant prefix at position 0; its key and value directions are in every basis"
-
-
-def export_metadata(job: ExportJob, decoder, proj) -> ExportMetadata:
-    """export.json of the job's export: layout, ranks, sink, stop tokens, chat wrapper, provenance."""
-    cfg, tok, o = job.config, job.tokenizer, job.options
-    ranks = proj.ranks() if proj else {"key": [None] * cfg.num_layers, "value": [None] * cfg.num_layers}
-    stops = stop_tokens(tok, job.hf.config)
-    sink = job.sink
-    return ExportMetadata(
-        model={"source": job.loaded.source, "name": job.loaded.name, "fingerprint": job.fingerprint,
-               **cfg.to_json()},
-        layout=layout_of(decoder, o.dtype), key_mode="full" if proj is None or not any(proj.keys) else proj.key_mode,
-        ranks=ranks,
-        sink={"token_id": sink, "token": tok.convert_ids_to_tokens(sink) if sink is not None else None,
-              "handling": sink_handling(proj)},
-        eos_token_ids=stops,
-        pad_token_id=int(tok.pad_token_id if tok.pad_token_id is not None else (stops or [0])[0]),
-        opset=OPSET, calibration=proj.info.get("calibration") if proj else None, chat=chat_wrapper(tok),
-        exporter=f"torch {torch.__version__} torch.onnx.export(dynamo=False)", cache_update=o.cache,
-        extra={"seed": o.seed, "projector_method": proj.info.get("method") if proj else None,
-               "quant": {k: v for k, v in proj.info["quant"].items() if k != "sensitivity"}
-               if proj and proj.info.get("quant") else None})
-
-
 def run_export(o: ExportOptions, loaded=None) -> str:
     """Do the whole export; returns the export directory. `loaded` (from model/load.load) skips loading the
     model again when one process exports several settings."""
+    if loaded is None and streams(o):      # a model bigger than this path takes: one layer at a time
+        return run_streamed_export(o)
     t0 = time.time()
     if o.out:
         check_out_dir(o.out)                # before minutes of loading: the same check runs again under the lock

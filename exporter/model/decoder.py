@@ -78,6 +78,13 @@ def last_positions(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     return x.index_select(1, rows)                                               # (B, n, D)
 
 
+def lm_head(x, logits_to_keep, norm, logits) -> torch.Tensor:
+    """x (B, T, D) -> logits(norm(x)) (B, n, V) of the last n = logits_to_keep positions (all when None or 0)."""
+    if logits_to_keep is not None:
+        x = last_positions(x, logits_to_keep)                                       # (B, n, D)
+    return logits(norm(x))                                                           # (B, n, V)
+
+
 def first_slots(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, S) bool: each sequence's first valid cache slot, where the sink sits (after any left padding)."""
     return (attention_mask.cumsum(-1) == 1) & (attention_mask > 0)
@@ -144,10 +151,11 @@ class Decoder(nn.Module):
         for i, block in enumerate(self.blocks):
             x, k, v = self.run_block(block, i, x, step, past[2 * i], past[2 * i + 1])
             presents += [k, v]
-        if logits_to_keep is not None:
-            x = last_positions(x, logits_to_keep)                                   # (B, n, D)
-        logits = self.embeddings.logits(self.norm(x))                                # (B, n, V)
-        return (logits, *presents)
+        return (self.head(x, logits_to_keep), *presents)
+
+    def head(self, x, logits_to_keep=None) -> torch.Tensor:
+        """The last block's output (B, T, D) -> logits (B, n, V) of the last n = logits_to_keep positions."""
+        return lm_head(x, logits_to_keep, self.norm, self.embeddings.logits)
 
     def embed(self, input_ids, position_ids) -> torch.Tensor:
         """(B, T) token ids -> (B, T, D) the first block's input."""

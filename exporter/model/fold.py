@@ -15,6 +15,7 @@ from ..codec.quantizer import quantizer_for
 from .attention import Attention
 from .config import DecoderConfig, from_hf
 from .decoder import Block, Decoder
+from .layers import RMSNorm
 from .rope import local_rope_of, rope_of
 from .weights import attention_weights, hf_layers, mlp_weights
 
@@ -139,8 +140,20 @@ def decoder_shell(hf, cfg: DecoderConfig, blocks: list[Block], head: bool = True
         if head and not cfg.tie_embeddings:
             dec.embeddings.head_t.copy_(hf.get_output_embeddings().weight.T)
         if head:
-            _copy_norm(dec.norm, hf.transformer.ln_f if cfg.family == "gpt2" else hf.model.norm)
+            _copy_norm(dec.norm, hf_final_norm(hf, cfg))
     return dec
+
+
+def final_norm(hf, cfg: DecoderConfig):
+    """Our copy of HF's norm after the last layer."""
+    norm = RMSNorm(cfg.hidden_size, cfg.norm_eps) if cfg.family == "llama" else \
+        torch.nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
+    _copy_norm(norm, hf_final_norm(hf, cfg))
+    return norm
+
+
+def hf_final_norm(hf, cfg: DecoderConfig):
+    return hf.transformer.ln_f if cfg.family == "gpt2" else hf.model.norm
 
 
 def build_decoder(hf, proj: Projectors | None = None) -> Decoder:

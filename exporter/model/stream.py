@@ -14,6 +14,7 @@ Entry point: `LayerStream(path)`.
 from __future__ import annotations
 
 import json
+import math
 import os
 from contextlib import contextmanager
 
@@ -51,6 +52,23 @@ class LayerStream:
         modules = [self.hf.get_input_embeddings()] + ([self.hf.transformer.wpe] if self.cfg.family == "gpt2" else [])
         return tuple(names[id(m.weight)] for m in modules)
 
+    def head_names(self) -> tuple[str, ...]:
+        """The tensors of the head: the final norm's and the output embeddings (the input ones when tied)."""
+        from .fold import hf_final_norm
+        names = {id(p): n for n, p in self.hf.named_parameters()}
+        return tuple(names[id(p)] for p in [*hf_final_norm(self.hf, self.cfg).parameters(), self.output_embedding()])
+
+    def output_embedding(self) -> torch.Tensor:
+        """The LM head's (V, D) matrix; a tied head's is the input embeddings' (loading replaces that tensor, so
+        the head module's own reference would not see it)."""
+        tied = self.cfg.tie_embeddings
+        return (self.hf.get_input_embeddings() if tied else self.hf.get_output_embeddings()).weight
+
+    def outside_layers(self) -> tuple[str, ...]:
+        """The tensors that belong to no decoder layer: embeddings, final norm, LM head."""
+        layers = self.layer_prefix(0)[:-len("0.")]                     # 'model.layers.'
+        return tuple(n for n in self.files if not n.startswith(layers))
+
     @contextmanager
     def loaded(self, *prefixes: str):
         """Within the block, the skeleton's tensors named by these prefixes hold their values (read from the
@@ -78,6 +96,21 @@ class LayerStream:
                 old = getattr(module, attr)
                 setattr(module, attr, torch.nn.Parameter(torch.empty_like(old, device="meta"), requires_grad=False)
                         if isinstance(old, torch.nn.Parameter) else torch.empty_like(old, device="meta"))
+
+
+def checkpoint_bytes(path: str) -> int:
+    """The float32 bytes of a local safetensors checkpoint's tensors, from the files' headers (no tensor is read);
+    0 for a directory without safetensors."""
+    try:
+        files = set(_tensor_files(path).values())
+    except UserError:
+        return 0
+    total = 0
+    for file in files:
+        with open(file, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        total += sum(4 * math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    return total
 
 
 def _tensor_files(path: str) -> dict[str, str]:

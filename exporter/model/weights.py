@@ -10,6 +10,7 @@ Entry point: `attention_weights(hf, cfg, layer)`, `mlp_weights(layer)`, `model_f
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 
@@ -57,13 +58,15 @@ def attention_weights(hf, cfg: DecoderConfig, i: int) -> dict[str, torch.Tensor]
             "o_b": bias(a.o_proj)}
 
 
-def model_fingerprint(hf) -> str:
+def model_fingerprint(hf, layer_loaded=None) -> str:
     """sha256 of the architecture numbers and every layer's key/value projection weights: cheap, and different
-    for any other model or fine-tune."""
+    for any other model or fine-tune. layer_loaded(i): a context that holds layer i's weights (a model read one
+    layer at a time, model/stream.py)."""
     cfg = from_hf(hf.config)
     h = hashlib.sha256(json.dumps(cfg.to_json(), sort_keys=True).encode())
     for i in range(cfg.num_layers):
-        w = attention_weights(hf, cfg, i)
-        for name in ("k", "v"):
-            h.update(w[name].float().contiguous().numpy().tobytes())
+        with layer_loaded(i) if layer_loaded else contextlib.nullcontext():
+            w = attention_weights(hf, cfg, i)
+            for name in ("k", "v"):
+                h.update(w[name].float().contiguous().numpy().tobytes())
     return h.hexdigest()[:32]

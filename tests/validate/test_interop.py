@@ -33,13 +33,24 @@ def test_genai_matches_our_runtime(arch, k, mode, cache, kv_dtype, tiny_export):
     kw = {"kv_dtype": kv_dtype} if kv_dtype else {}
     if arch in ("gemma3", "mistral_window"):      # sliding windows: genai takes the cache that keeps every token
         kw["window_cache"] = "full"
+    assert_same_64_tokens(tiny_export(arch, k, mode, cache=cache, **kw))
+
+
+def assert_same_64_tokens(export: str) -> None:
     for seed in range(20):
         prompt = np.random.default_rng(seed).integers(3, 300, 30).tolist()
-        theirs, ours = compare(tiny_export(arch, k, mode, cache=cache, **kw), prompt, 64)
+        theirs, ours = compare(export, prompt, 64)
         assert theirs == ours
         if len(ours) == 64:
             return
     pytest.fail("no prompt ran 64 tokens without EOS")
+
+
+@pytest.mark.parametrize("arch", ("llama", "qwen2"))
+def test_genai_runs_our_kernel_through_its_custom_ops_library(arch, tiny_export):
+    """KV_KERNEL=codes: genai_config names the library; genai concatenates the int8 cache, our kernel copies."""
+    assert_same_64_tokens(tiny_export(arch, "full", "pre-rope", cache="shared-buffer", kv_dtype="int8",
+                                      kv_kernel="codes"))
 
 
 def test_mixed_ranks_get_no_genai_config(tiny_export):

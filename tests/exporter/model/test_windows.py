@@ -93,14 +93,19 @@ def test_a_shared_buffer_cannot_bound_a_window(tiny_export):
 def test_the_default_export_of_a_windowed_model_is_a_bounded_concat_cache(tiny_export):
     """`make export` alone asks for the int8 shared buffer, which cannot bound a window: a windowed model gets
     K=full in the concat contract instead (said on the console), not a refusal."""
-    export = tiny_export("gemma3", "full", "pre-rope", cache="shared-buffer", kv_dtype="int8", default_export=True)
+    default = dict(cache="shared-buffer", kv_dtype="int8", kv_kernel="codes", default_export=True)
+    export = tiny_export("gemma3", "full", "pre-rope", **default)
     meta = load_metadata(export)
-    assert meta.cache_update == "concat" and not meta.layout.quantized
+    assert meta.cache_update == "concat" and not meta.layout.quantized and not meta.kernels
     assert [s.window for s in meta.layout.keys] == [16, None]
-    export = tiny_export("gemma3", "full", "pre-rope", cache="shared-buffer", kv_dtype="int8", default_export=True,
-                         window_cache="full")                         # asked for: the int8 shared buffer
+    export = tiny_export("gemma3", "full", "pre-rope", **default, window_cache="full")   # asked for: the int8 buffer
     meta = load_metadata(export)
-    assert meta.cache_update == "shared-buffer" and meta.layout.quantized
+    assert meta.cache_update == "shared-buffer" and meta.layout.quantized and meta.kernels == ["CodesAttention"]
+    # our kernel masks the window as the reference does: greedy tokens past 3x the window
+    _, _, ref, _ = load_ref(export)
+    prompt = prompts(meta.sink["token_id"], n=1, length=50)[0]
+    got = Generator(export, provider="cpu").generate([prompt[1:]], max_new_tokens=8, stop_token_ids=[])
+    assert got.tokens == [reference_greedy(ref, prompt, 8)]
 
 
 def test_k_auto_spends_its_budget_on_the_layers_that_grow(tiny_export, tiny_model_dir, tmp_path):

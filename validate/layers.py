@@ -1,0 +1,188 @@
+"""Parity of an export too big to check whole: each layer's ONNX nodes against its PyTorch block, then the prompt
+end to end, with one layer's weights in memory at a time on the PyTorch side.
+
+    python -m validate.layers --export DIR [--model DIR] [--tokens 32]
+
+Layer by layer: the nodes of layer i (named 'layer{i}/...' by export/pieces.py) are cut out of model.onnx into
+a graph of their own, with only their weights read from model.onnx.data, and onnxruntime runs it on the hidden
+states the PyTorch reference hands block i for a prompt (prefill from an empty cache), then on one more token with
+the prefill's cache (decode). Their outputs (hidden states and present cache) against the block's:
+max |ORT - PyTorch| <= LOGIT_RTOL x max |PyTorch| (validate/tolerances.py). End to end: the whole model.onnx in
+onnxruntime against the reference run layer by layer (model/stream.py), the prompt's logits by the same bound and
+their greedy tokens equal.
+
+Entry points: `check_layers(export_dir, model_dir)`, `layer_graph(model, i, directory)`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper
+from onnx.external_data_helper import load_external_data_for_tensor
+
+from exporter.errors import UserError
+from exporter.model.fold import build_block, decoder_shell
+from exporter.model.stream import LayerStream
+from graphs import contract as C
+from graphs.metadata import ExportError, load_metadata
+from runtime.session import open_session, session_options
+from .tolerances import LOGIT_RTOL, within
+
+
+@dataclass
+class LayerResult:
+    layer: int
+    prefill: float      # max |ORT - PyTorch| / max |PyTorch| over the piece's outputs
+    decode: float
+
+    @property
+    def passed(self) -> bool:
+        return self.prefill <= LOGIT_RTOL and self.decode <= LOGIT_RTOL
+
+
+def layer_graph(model: onnx.ModelProto, i: int, directory: str) -> onnx.ModelProto:
+    """Layer i's nodes of a piece-wise model.onnx (loaded without its external data) as a model of its own:
+    inputs hidden.i, attention_mask, position_ids and the layer's past; outputs hidden.i+1 and its present;
+    the weights it uses read from the data file in `directory`."""
+    nodes = [n for n in model.graph.node if n.name.startswith(f"layer{i}/")]
+    if not nodes:
+        raise ExportError(f"model.onnx has no nodes named layer{i}/...: it was not exported layer by layer "
+                          "(STREAM=1); validate it with `make validate`")
+    produced = {o for n in nodes for o in n.output}
+    needed = {x for n in nodes for x in n.input if x and x not in produced}
+    weights = []
+    for t in model.graph.initializer:
+        if t.name in needed:
+            t = onnx.TensorProto.FromString(t.SerializeToString())       # a copy: model keeps no data
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                load_external_data_for_tensor(t, directory)
+                t.data_location = onnx.TensorProto.DEFAULT
+                del t.external_data[:]
+            weights.append(t)
+    declared = {v.name: v for v in model.graph.input}
+    hidden_in, hidden_out = f"hidden.{i}", f"hidden.{i + 1}"
+    hidden = lambda name: helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)  # noqa: E731
+    inputs = [hidden(hidden_in)] + [declared[x] for x in sorted(needed) if x in declared]
+    results = {v.name: v for v in model.graph.output}
+    outputs = [hidden(hidden_out)] + [results[o] for n in nodes for o in n.output if o in results]
+    graph = helper.make_graph(nodes, f"layer{i}", inputs, outputs, weights)
+    piece = helper.make_model(graph, opset_imports=list(model.opset_import))
+    piece.ir_version = model.ir_version
+    return piece
+
+
+def _relative(ort_outputs: list, torch_outputs: list) -> float:
+    worst = 0.0
+    for a, b in zip(ort_outputs, torch_outputs):
+        b = b.detach().numpy()
+        worst = max(worst, float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)))
+    return worst
+
+
+def check_layers(export_dir: str, model_dir: str | None = None, tokens: int = 32, progress: bool = True):
+    """(per-layer results, end-to-end logit difference relative to the largest logit, greedy tokens equal)."""
+    meta = load_metadata(export_dir)
+    model_dir = model_dir or meta.model.get("source")
+    if not model_dir or not os.path.isdir(model_dir):
+        raise UserError(f"the reference needs the model's safetensors directory ({model_dir!r} is not one): "
+                        "pass --model DIR")
+    stream = LayerStream(model_dir)
+    cfg = stream.cfg
+    path = os.path.join(export_dir, "model.onnx")
+    model = onnx.load(path, load_external_data=False)
+    rng = np.random.default_rng(0)
+    sink = meta.sink.get("token_id")
+    ids = torch.tensor([([sink] if sink is not None else []) + rng.integers(3, cfg.vocab_size, tokens).tolist()])
+    T = ids.shape[1] - 1                                  # prefill T tokens, then decode the last one
+    mask, pos = torch.ones(1, T + 1, dtype=torch.int64), torch.arange(T + 1)[None]
+    with torch.no_grad():
+        with stream.loaded(*stream.input_names()):
+            shell = decoder_shell(stream.hf, cfg, [], head=False).eval()
+            x = shell.embed(ids, pos)                                          # (1, T+1, D)
+        shell.embeddings = shell.pos_embed = None
+        results = []
+        names = list(meta.layout.names())
+        for i in range(cfg.num_layers):
+            with stream.loaded(stream.layer_prefix(i)):
+                block = build_block(stream.hf, cfg, i).eval()
+            shell.blocks = torch.nn.ModuleList([block])
+            session = _session(layer_graph(model, i, export_dir))
+            (_, _, past_k, _), (_, _, past_v, _) = names[2 * i], names[2 * i + 1]
+            empty = [torch.zeros(1, s.kv_heads, 0, s.head_size) for s in (meta.layout.shape(i, "key"),
+                                                                           meta.layout.shape(i, "value"))]
+            step = shell.step(mask[:, :T], pos[:, :T], T, x.dtype)
+            prefill = shell.run_block(block, i, x[:, :T], step, *empty)         # hidden (1, T, D), present k, v
+            feed = {f"hidden.{i}": x[:, :T].numpy(), C.ATTENTION_MASK: mask[:, :T].numpy(),
+                    C.POSITION_IDS: pos[:, :T].numpy(), past_k: empty[0].numpy(), past_v: empty[1].numpy()}
+            feed = {k: v for k, v in feed.items() if k in {n.name for n in session.get_inputs()}}
+            out_names = [o.name for o in session.get_outputs()]
+            got = session.run(out_names, feed)
+            order = lambda outs: [outs[KINDS.index(kind_of(n))] for n in out_names]  # noqa: E731
+            pre = _relative(got, order(prefill))
+            step = shell.step(mask, pos[:, T:], 1, x.dtype)
+            decode = shell.run_block(block, i, x[:, T:], step, prefill[1], prefill[2])
+            feed.update({f"hidden.{i}": x[:, T:].numpy(), C.ATTENTION_MASK: mask.numpy(),
+                         C.POSITION_IDS: pos[:, T:].numpy(), past_k: prefill[1].numpy(),
+                         past_v: prefill[2].numpy()})
+            dec = _relative(session.run(out_names, feed), order(decode))
+            results.append(LayerResult(i, pre, dec))
+            if progress:
+                verdict = "ok" if results[-1].passed else "FAIL"
+                print(f"  layer {i:3d}: prefill {pre:.1e}, decode {dec:.1e} -> {verdict}", flush=True)
+            x = torch.cat([prefill[0], decode[0]], dim=1)                      # (1, T+1, D) into the next block
+            del block, session
+        with stream.loaded(*stream.outside_layers()):
+            reference = decoder_shell(stream.hf, cfg, [], head=True).eval().head(x).numpy()   # (1, T+1, V)
+    session, _ = open_session(path, "cpu")
+    feed = {C.INPUT_IDS: ids.numpy(), C.ATTENTION_MASK: mask.numpy(), C.POSITION_IDS: pos.numpy()}
+    for i, kind, name, _ in names:
+        shape = meta.layout.shape(i, kind)
+        feed[name] = np.zeros((1, shape.kv_heads, 0, shape.head_size), np.float32)
+    logits = session.run([C.LOGITS], feed)[0]
+    end_to_end = float(np.abs(logits - reference).max() / np.abs(reference).max())
+    greedy = bool((logits.argmax(-1) == reference.argmax(-1)).all())
+    return results, end_to_end, greedy
+
+
+KINDS = ("hidden", "key", "value")          # the order of run_block's outputs
+
+
+def kind_of(output_name: str) -> str:
+    return "hidden" if output_name.startswith("hidden.") else output_name.rsplit(".", 1)[-1]
+
+
+def _session(model: onnx.ModelProto):
+    """An onnxruntime CPU session of an in-memory graph, with the options (and our kernels) of every session."""
+    import onnxruntime as ort
+    return ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m validate.layers", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--export", required=True, help="an export written layer by layer (STREAM=1, or a big model)")
+    p.add_argument("--model", default=None, help="the model's safetensors directory (default: export.json's source)")
+    p.add_argument("--tokens", type=int, default=32, help="prompt tokens after the sink")
+    a = p.parse_args(argv)
+    try:
+        results, end_to_end, greedy = check_layers(a.export, a.model, a.tokens)
+    except (UserError, ExportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    worst = max(results, key=lambda r: max(r.prefill, r.decode))
+    ok = all(r.passed for r in results) and within(end_to_end, 1.0) and greedy
+    print(f"layer parity: {sum(r.passed for r in results)}/{len(results)} layers within {LOGIT_RTOL:g} "
+          f"(worst: layer {worst.layer}, prefill {worst.prefill:.1e}, decode {worst.decode:.1e}); end to end: "
+          f"logits {end_to_end:.1e} of the largest, greedy tokens {'equal' if greedy else 'DIFFER'} -> "
+          f"{'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
