@@ -15,8 +15,10 @@ Entry points: `library_path()`, `register(options)`, `use_codes_attention(model)
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import onnx
+if TYPE_CHECKING:        # the runtime imports this module and never onnx: the graph passes import it themselves
+    import onnx
 
 DOMAIN = "spectral_kv"
 CODES_ATTENTION = "CodesAttention"
@@ -52,6 +54,7 @@ def register(options) -> bool:
 
 
 def _attribute(node: onnx.NodeProto, name: str):
+    import onnx
     return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), None)
 
 
@@ -76,6 +79,7 @@ def use_codes_attention(model: onnx.ModelProto) -> onnx.ModelProto:
         node.input.extend(inputs)
         node.attribute.extend(attributes)
     if not uses_kernels(model):
+        import onnx
         model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
     if not any(n.domain == "com.microsoft" for n in model.graph.node):
         kept = [op for op in model.opset_import if op.domain != "com.microsoft"]

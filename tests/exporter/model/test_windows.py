@@ -103,7 +103,7 @@ def test_the_default_export_of_a_windowed_model_is_a_bounded_concat_cache(tiny_e
     assert meta.cache_update == "shared-buffer" and meta.layout.quantized and meta.kernels == ["CodesAttention"]
     # our kernel masks the window as the reference does: greedy tokens past 3x the window
     _, _, ref, _ = load_ref(export)
-    prompt = prompts(meta.sink["token_id"], n=1, length=50)[0]
+    prompt = prompts(meta.sink["token_id"], lengths=(49,))[0]
     got = Generator(export, provider="cpu").generate([prompt[1:]], max_new_tokens=8, stop_token_ids=[])
     assert got.tokens == [reference_greedy(ref, prompt, 8)]
 
