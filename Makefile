@@ -148,7 +148,7 @@ bench-batch: setup
 		--kv-kernel onnxruntime
 	test -d build/smollm2-135m-kfull-shared-kvint8-codes || $(PYTHON) -m exporter --k full --cache shared-buffer \
 		--kv-dtype int8 --kv-kernel codes
-	$(PYTHON) -c "from benchmarks.runtime_bench.prepare import genai_peer; genai_peer()"
+	$(PYTHON) -c "from benchmarks.runtime_bench.prepare import genai_peer; genai_peer('fp32'); genai_peer('int4')"
 	$(PYTHON) -m benchmarks.batch_decode $(BENCH_ARGS)
 
 clean:

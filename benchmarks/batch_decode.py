@@ -1,7 +1,7 @@
-"""Decode throughput where the cache dominates: a batch x context grid, our exports and onnxruntime-genai's model.
+"""Decode throughput where the cache dominates: a batch x context grid, our exports and onnxruntime-genai's models.
 
     python -m benchmarks.batch_decode [--grid 8x4096,8x1024,1x4096,1x128] [--new-tokens 64] [--runs 1]
-        [--ours build/<export>,...] [--genai build/bench/genai-smollm2-135m-fp32-cpu]
+        [--ours build/<export>,...] [--genai build/bench/genai-smollm2-135m-fp32-cpu,...-int4-cpu]
 
 Each cell is a fresh process per runtime: B prompts of N tokens each (B consecutive slices of WikiText-2 test,
 the sink first, all of one length so shared-buffer exports take them), a real prefill, then NEW_TOKENS greedy
@@ -107,12 +107,12 @@ def main(argv=None) -> int:
     p.add_argument("--ours", default="build/smollm2-135m-kfull,build/smollm2-135m-kfull-shared,"
                                      "build/smollm2-135m-kfull-shared-kvint8,build/smollm2-135m-kfull-shared-kvint8-codes",
                    help="our export directories; the first is the reference for greedy agreement")
-    p.add_argument("--genai", default="build/bench/genai-smollm2-135m-fp32-cpu",
-                   help="onnxruntime-genai builder model directory ('' to leave it out)")
+    p.add_argument("--genai", default="build/bench/genai-smollm2-135m-fp32-cpu,build/bench/genai-smollm2-135m-int4-cpu",
+                   help="onnxruntime-genai builder model directories, comma-separated ('' to leave them out)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--runs", type=int, default=1)
     a = p.parse_args(argv)
-    targets = [(e, OURS) for e in a.ours.split(",") if e] + ([(a.genai, GENAI)] if a.genai else [])
+    targets = [(e, OURS) for e in a.ours.split(",") if e] + [(g, GENAI) for g in a.genai.split(",") if g]
     print(f"{a.new_tokens} new tokens, greedy, median of {a.runs} run(s) per cell; the first row of each cell is "
           "the reference of the agreement column.\n")
     print("| batch x context | runtime / export | KV B/token | TTFT s | decode tok/s | vs first | peak RSS GiB | "

@@ -15,6 +15,11 @@ BUILD = os.path.join(REPO, "build")
 BENCH_DIR = os.path.join(BUILD, "bench")
 HF_DIR = os.path.join(BENCH_DIR, "hf-smollm2-135m")            # save_pretrained of exporter.model.load's model
 GENAI_DIR = os.path.join(BENCH_DIR, "genai-smollm2-135m-fp32-cpu")  # onnxruntime_genai.models.builder output
+
+
+def genai_dir(precision: str = "fp32") -> str:
+    """Where onnxruntime-genai's builder writes its model of the default model at this precision (fp32, int4)."""
+    return os.path.join(BENCH_DIR, f"genai-smollm2-135m-{precision}-cpu")
 OPTIMUM_DIR = os.path.join(BENCH_DIR, "optimum-smollm2-135m")  # optimum-cli export onnx output
 IDS_FILE = os.path.join(BENCH_DIR, "prompt-ids.json")
 LOG_DIR = os.path.join(BENCH_DIR, "logs")

@@ -28,7 +28,7 @@ import sys
 import time
 
 from .common import (BENCH_DIR, BUILD, COMPLETE, GENAI_DIR, HF_DIR, IDS_FILE, LOG_DIR, OPT_PYTHON, OPTIMUM_DIR,
-                     REPO, is_built, ours_dir)
+                     REPO, genai_dir, is_built, ours_dir)
 from .settings import DEFAULT_OURS, Setting, parse_settings
 
 RUNTIMES = ("hf", "genai", "optimum", "ours")
@@ -154,17 +154,18 @@ def _patch_for_transformers4(path: str) -> None:
         json.dump(tok, f, indent=2)
 
 
-def build_genai() -> None:
-    """onnxruntime-genai's own builder on the HF directory: fp32, CPU."""
+def build_genai(precision: str = "fp32") -> None:
+    """onnxruntime-genai's own builder on the HF directory, CPU: fp32, or int4 weights (its MatMulNBits)."""
     t0 = time.time()
-    tmp = _fresh_tmp(GENAI_DIR)
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", HF_DIR, "-o", tmp, "-p", "fp32",
+    out = genai_dir(precision)
+    tmp = _fresh_tmp(out)
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", HF_DIR, "-o", tmp, "-p", precision,
            "-e", "cpu", "-c", os.path.join(BENCH_DIR, "cache", "genai-builder")]
     _run_logged(cmd, "build-genai.log", "onnxruntime-genai's model builder")
     if not os.path.isfile(os.path.join(tmp, "genai_config.json")):
         raise PrepareError(f"the genai builder wrote no genai_config.json into {tmp}")
     _mark_complete(tmp, t0, command=" ".join(cmd[1:]).replace(tmp, "<out>"))
-    _swap_in(tmp, GENAI_DIR)
+    _swap_in(tmp, out)
 
 
 def build_optimum() -> None:
@@ -305,11 +306,11 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-def genai_peer() -> str:
-    """onnxruntime-genai's fp32 model of the default model (and the HF directory it is built from), built when
-    missing; its directory. The peer of benchmarks/batch_decode.py (`make bench-batch`)."""
-    if not is_built(GENAI_DIR):
+def genai_peer(precision: str = "fp32") -> str:
+    """onnxruntime-genai's model of the default model at this precision (fp32, int4; and the HF directory it is
+    built from), built when missing; its directory. The peers of benchmarks/batch_decode.py (`make bench-batch`)."""
+    if not is_built(genai_dir(precision)):
         if not is_built(HF_DIR):
             build_hf_dir(_Model())
-        build_genai()
-    return GENAI_DIR
+        build_genai(precision)
+    return genai_dir(precision)
