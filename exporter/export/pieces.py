@@ -163,7 +163,8 @@ def _axes(names: list[str]) -> dict:
 def write_onnx_by_pieces(stream, layout: C.CacheLayout, path: str, props: dict[str, str], proj=None,
                          batch: int = 2, new: int = 3, past: int = 2) -> None:
     """Trace the embedding, each layer and the head of the checkpoint `stream` (model/stream.LayerStream) one at a
-    time and write model.onnx with its weights in model.onnx.data; then check it like the whole-model export."""
+    time and write model.onnx with its weights in model.onnx.data; then check it like the whole-model export.
+    proj: projectors to fold into each block as it is built (None: K=full, all job/streamed.py asks for so far)."""
     hf, cfg = stream.hf, stream.cfg
     inputs, outputs, _ = _io_names(layout)
     names = list(layout.names())                           # (layer, kind, past name, present name)
