@@ -27,6 +27,7 @@ from onnx import helper
 from onnx.external_data_helper import load_external_data_for_tensor
 
 from exporter.errors import UserError
+from exporter.export.pieces import hidden_name
 from exporter.model.fold import build_block, decoder_shell
 from exporter.model.stream import LayerStream
 from graphs import contract as C
@@ -66,7 +67,7 @@ def layer_graph(model: onnx.ModelProto, i: int, directory: str) -> onnx.ModelPro
                 del t.external_data[:]
             weights.append(t)
     declared = {v.name: v for v in model.graph.input}
-    hidden_in, hidden_out = f"hidden.{i}", f"hidden.{i + 1}"
+    hidden_in, hidden_out = hidden_name(i), hidden_name(i + 1)
     hidden = lambda name: helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)  # noqa: E731
     inputs = [hidden(hidden_in)] + [declared[x] for x in sorted(needed) if x in declared]
     results = {v.name: v for v in model.graph.output}
@@ -118,7 +119,7 @@ def check_layers(export_dir: str, model_dir: str | None = None, tokens: int = 32
                                                                            meta.layout.shape(i, "value"))]
             step = shell.step(mask[:, :T], pos[:, :T], T, x.dtype)
             prefill = shell.run_block(block, i, x[:, :T], step, *empty)         # hidden (1, T, D), present k, v
-            feed = {f"hidden.{i}": x[:, :T].numpy(), C.ATTENTION_MASK: mask[:, :T].numpy(),
+            feed = {hidden_name(i): x[:, :T].numpy(), C.ATTENTION_MASK: mask[:, :T].numpy(),
                     C.POSITION_IDS: pos[:, :T].numpy(), past_k: empty[0].numpy(), past_v: empty[1].numpy()}
             feed = {k: v for k, v in feed.items() if k in {n.name for n in session.get_inputs()}}
             out_names = [o.name for o in session.get_outputs()]
@@ -127,7 +128,7 @@ def check_layers(export_dir: str, model_dir: str | None = None, tokens: int = 32
             pre = _relative(got, order(prefill))
             step = shell.step(mask, pos[:, T:], 1, x.dtype)
             decode = shell.run_block(block, i, x[:, T:], step, prefill[1], prefill[2])
-            feed.update({f"hidden.{i}": x[:, T:].numpy(), C.ATTENTION_MASK: mask.numpy(),
+            feed.update({hidden_name(i): x[:, T:].numpy(), C.ATTENTION_MASK: mask.numpy(),
                          C.POSITION_IDS: pos[:, T:].numpy(), past_k: prefill[1].numpy(),
                          past_v: prefill[2].numpy()})
             dec = _relative(session.run(out_names, feed), order(decode))
