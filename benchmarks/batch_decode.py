@@ -2,6 +2,7 @@
 
     python -m benchmarks.batch_decode [--grid 8x4096,8x1024,1x4096,1x128] [--new-tokens 64] [--runs 1]
         [--ours build/<export>,...] [--genai build/bench/genai-smollm2-135m-fp32-cpu,...-int4-cpu]
+        [--llama-cpp f16,q8_0,q4_0]
 
 Each cell is a fresh process per runtime: B prompts of N tokens each (B consecutive slices of WikiText-2 test,
 the sink first, all of one length so shared-buffer exports take them), a real prefill, then NEW_TOKENS greedy
@@ -9,6 +10,10 @@ steps with no stop token. Figures: time to first token (the whole batch's prefil
 batch (tokens of all sequences per second of decode steps), peak RSS of the process (VmHWM), and how many of
 the batch's greedy tokens equal the first runtime's (the reference). Peers are measured in the same run; the
 machine is shared, so a single run per cell is a rough figure and the median of --runs is reported.
+
+--llama-cpp adds llama.cpp per KV cache type (benchmarks/llama_cpp_peer.batched: llama-batched-bench on SmolLM2's
+F32 GGUF, the same weights as ours, flash attention on): its prompts are filler tokens, not WikiText (the cost of
+attention does not depend on them) and it prints no tokens, so its agreement column is empty.
 """
 from __future__ import annotations
 
@@ -95,7 +100,17 @@ def measure(code: str, target: str, batch: int, n: int, new: int, runs: int) -> 
             "tokens": results[0]["tokens"], "kv_bytes_per_token": results[0]["kv_bytes_per_token"], "runs": runs}
 
 
-def agreement(tokens: list[list[int]], reference: list[list[int]]) -> str:
+def llama_cpp(cache: str, batch: int, n: int, new: int, runs: int) -> dict:
+    from benchmarks.llama_cpp_peer import batched
+    results = [batched(cache, batch, n, new) for _ in range(runs)]
+    med = lambda k: statistics.median(r[k] for r in results)
+    return {"ttft_s": med("ttft_s"), "decode_tok_s": med("decode_tok_s"), "peak_rss_gib": med("peak_rss_gib"),
+            "tokens": None, "kv_bytes_per_token": results[0]["kv_bytes_per_token"], "runs": runs}
+
+
+def agreement(tokens: list[list[int]] | None, reference: list[list[int]]) -> str:
+    if tokens is None:
+        return "—"
     same = sum(a == b for row, ref in zip(tokens, reference) for a, b in zip(row, ref))
     return f"{same}/{sum(len(r) for r in reference)}"
 
@@ -109,10 +124,17 @@ def main(argv=None) -> int:
                    help="our export directories; the first is the reference for greedy agreement")
     p.add_argument("--genai", default="build/bench/genai-smollm2-135m-fp32-cpu,build/bench/genai-smollm2-135m-int4-cpu",
                    help="onnxruntime-genai builder model directories, comma-separated ('' to leave them out)")
+    p.add_argument("--llama-cpp", default="", help="llama.cpp KV cache types, e.g. f16,q8_0,q4_0 (builds llama.cpp "
+                   "into build/llama-cpp first when missing, about 10 min)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--runs", type=int, default=1)
     a = p.parse_args(argv)
-    targets = [(e, OURS) for e in a.ours.split(",") if e] + [(g, GENAI) for g in a.genai.split(",") if g]
+    # (label, measure(batch, context) -> result) per runtime, in table order
+    child = lambda code, target: lambda b, n: measure(code, target, b, n, a.new_tokens, a.runs)
+    targets = [(e, child(OURS, e)) for e in a.ours.split(",") if e] + \
+        [(g, child(GENAI, g)) for g in a.genai.split(",") if g] + \
+        [(f"llama.cpp F32 weights, {c} cache", lambda b, n, c=c: llama_cpp(c, b, n, a.new_tokens, a.runs))
+         for c in a.llama_cpp.split(",") if c]
     print(f"{a.new_tokens} new tokens, greedy, median of {a.runs} run(s) per cell; the first row of each cell is "
           "the reference of the agreement column.\n")
     print("| batch x context | runtime / export | KV B/token | TTFT s | decode tok/s | vs first | peak RSS GiB | "
@@ -122,12 +144,12 @@ def main(argv=None) -> int:
     for cell in a.grid.split(","):
         batch, n = (int(x) for x in cell.split("x"))
         first = None
-        for target, code in targets:
-            r = measure(code, target, batch, n, a.new_tokens, a.runs)
+        for target, run in targets:
+            r = run(batch, n)
             first = first or r
             rows.append({"batch": batch, "context": n, "target": target, **{k: v for k, v in r.items()
                                                                               if k != "tokens"}})
-            print(f"| {batch} x {n} | {target} | {r['kv_bytes_per_token']:,} | {r['ttft_s']:.2f} | "
+            print(f"| {batch} x {n} | {target} | {r['kv_bytes_per_token'] or 0:,} | {r['ttft_s']:.2f} | "
                   f"{r['decode_tok_s']:.1f} | {r['decode_tok_s'] / first['decode_tok_s']:.2f}x | "
                   f"{r['peak_rss_gib']:.2f} | {agreement(r['tokens'], first['tokens'])} |", flush=True)
     with open("build/batch-decode.json", "w") as f:

@@ -80,6 +80,35 @@ class KVCache:
         return cls(layout, device, {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in host.items()}, shared=True,
                    host=host)
 
+    @classmethod
+    def from_arrays(cls, layout: CacheLayout, device: Device, arrays: dict[str, np.ndarray], length: int,
+                    shared: bool, room: int = 0) -> "KVCache":
+        """A cache holding `arrays` (past name -> (B, kv_heads, seq, head_size), as `arrays()` gave them) for
+        `length` tokens per sequence: concat tensors as they are, or a shared buffer with `room` tokens to spare."""
+        if not shared:
+            cache = cls(layout, device, {n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), device.type,
+                                                                             device.id) for n, a in arrays.items()})
+        else:
+            batch = next(iter(arrays.values())).shape[0]
+            cache = cls.buffer(layout, batch, device, length + room)
+            for name, a in arrays.items():
+                if cache.host is not None:
+                    cache.host[name][:, :, :length] = a
+                else:               # a device buffer: written whole from the host
+                    full = np.zeros(cache.values[name].shape(), a.dtype)
+                    full[:, :, :length] = a
+                    cache.values[name].update_inplace(full)
+        cache._length = length
+        return cache
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Past name -> the tensor as the graph holds it, on the host: a shared buffer cut to the cached tokens, a
+        concat tensor whole (a windowed layer's holds fewer than `length`)."""
+        if not self.shared:
+            return {n: v.numpy() for n, v in self.values.items()}
+        full = self.host or {n: v.numpy() for n, v in self.values.items()}
+        return {n: np.ascontiguousarray(a[:, :, :self._length]) for n, a in full.items()}
+
     def row(self, index: int) -> "KVCache":
         """Sequence `index` of a CPU shared buffer as a batch-1 cache over the same memory (numpy views, no copy):
         a batch is prefilled one sequence at a time, in chunks, which the fused op takes at batch 1 only."""

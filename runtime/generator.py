@@ -24,6 +24,7 @@ from .memory import return_freed_memory
 from .prompts import encode_prompts, left_pad, right_pad
 from .result import GenerationResult, Timings
 from .sampling import sample
+from .saved import GenerationState, load_state, save_state
 from .session import open_session
 
 DEFAULT_EXPORT = os.path.join("build", "latest")
@@ -169,28 +170,83 @@ class Generator:
             logits = self.step(input_ids[:, start:end], attention_mask[:, :end], cache)  # (B, V)
         return logits
 
+    def save_state(self, path: str, state: GenerationState) -> tuple[int, int]:
+        """Write a generation's state (result.state of generate(keep_state=True)) to path: (file bytes, cache
+        bytes)."""
+        return save_state(path, state, self.metadata)
+
+    def load_state(self, path: str, continuation: Prompts | None = None, max_new_tokens: int = 64) -> GenerationState:
+        """A saved generation of this export, with room in a shared buffer for the continuation and new tokens."""
+        fed = max((len(p) if not isinstance(p, str) else len(self.tokenizer.encode(p, add_special_tokens=False).ids)
+                   for p in continuation or [[]]), default=0)
+        return load_state(path, self.metadata, self.device, room=1 + fed + max_new_tokens)
+
+    def resume_inputs(self, state: GenerationState, prompts: Prompts | None):
+        """What a resumed call feeds first: (input_ids (B, 1 + T), attention_mask (B, S + 1 + T), history,
+        finished). Each row feeds its token sampled last, then its continuation's T tokens (no sink, no template:
+        they go on the sequence). A continuation wakes a finished sequence (its stop token is fed, as a
+        conversation goes on after the model's turn); without one, finished sequences stay so, fed padding."""
+        extra = [[] for _ in state.history] if not prompts else \
+            [list(p) if not isinstance(p, str) else self.tokenizer.encode(p, add_special_tokens=False).ids
+             for p in prompts]
+        if len(extra) != len(state.history):
+            raise ValueError(f"the saved session holds {len(state.history)} sequence(s), {len(extra)} continuation(s) "
+                             "given: give one per sequence, or none")
+        if len({len(e) for e in extra}) > 1 or (len(extra) > 1 and extra[0] and state.cache.shared):
+            raise ValueError("continuations of a saved batch must be all of one length (and none for a shared-buffer "
+                             "export): resume the sequences one at a time, or continue them by generation alone")
+        finished = state.finished & (not extra[0])                                     # (B,)
+        input_ids = np.array([[int(n)] + e for n, e in zip(state.next_ids, extra)], np.int64)  # (B, 1 + T)
+        input_ids[finished] = self.metadata.pad_token_id
+        new_mask = np.where(finished[:, None], 0, np.ones_like(input_ids))              # (B, 1 + T)
+        history = [h + ([int(n)] if f else []) + e
+                   for h, n, f, e in zip(state.history, state.next_ids, state.finished & ~finished, extra)]
+        return input_ids, np.concatenate([state.attention_mask, new_mask], axis=1), history, finished
+
     def generate(self, prompts: Prompts, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int = 0, stop_token_ids: list[int] | None = None,
-                 chat: bool = False, on_token: OnToken | None = None) -> GenerationResult:
+                 chat: bool = False, on_token: OnToken | None = None, resume: GenerationState | None = None,
+                 keep_state: bool = False) -> GenerationResult:
         """Continue every prompt (a list of strings, or of token-id lists) by up to max_new_tokens.
 
         temperature 0 is greedy; otherwise tokens are sampled with top_k / top_p from a numpy
         Generator seeded with `seed` (one per call, so a call is reproducible). on_token(i, id, piece)
         is called for every kept token of prompt i, with the text that token completes.
+        keep_state: the result carries `state` (the cache and what comes next) for a later call's `resume`,
+        which goes on from there (prompts are then continuations of each sequence, or empty; seed is not used).
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        sequences = self.encode(prompts, chat)
-        max_new_tokens = self.fit_positions(sequences, max_new_tokens)
-        progress = _Progress(self.tokenizer, sequences, self.stop_ids(stop_token_ids), on_token)
-        rng = np.random.default_rng(seed)
-        cache = self.new_cache(sequences, max_new_tokens)
-        input_ids, attention_mask = self.pad(sequences, cache)                         # (B, L), (B, L)
+        if resume is None:
+            sequences = self.encode(prompts, chat)
+            max_new_tokens = self.fit_positions(sequences, max_new_tokens)
+            cache = self.new_cache(sequences, max_new_tokens)
+            input_ids, attention_mask = self.pad(sequences, cache)                     # (B, L), (B, L)
+            history, rng = sequences, np.random.default_rng(seed)
+        else:
+            input_ids, attention_mask, history, finished = self.resume_inputs(resume, prompts)
+            cache = resume.cache
+            max_new_tokens = self.fit_positions(history, max_new_tokens)
+            rng = np.random.default_rng()
+            rng.bit_generator.state = resume.rng_state
+            if cache.shared and cache.capacity < attention_mask.shape[1] + max_new_tokens - 1:
+                raise ValueError(f"the saved cache has room for {cache.capacity} tokens, "
+                                 f"{attention_mask.shape[1] + max_new_tokens - 1} needed: load it with more room")
+        progress = _Progress(self.tokenizer, history, self.stop_ids(stop_token_ids), on_token)
+        if resume is not None:
+            progress.finished, progress.stopped = finished.copy(), finished.tolist()
 
         start = time.perf_counter()
-        logits = self.prefill(input_ids, attention_mask, cache)                        # (B, V)
+        if resume is None:
+            logits = self.prefill(input_ids, attention_mask, cache)                    # (B, V)
+        else:               # on top of the cache, in chunks as a prefill
+            fed, past = input_ids.shape[1], attention_mask.shape[1] - input_ids.shape[1]
+            chunk = self.prefill_chunk or fed
+            for s in range(0, fed, chunk):
+                e = min(s + chunk, fed)
+                logits = self.step(input_ids[:, s:e], attention_mask[:, :past + e], cache)   # (B, V)
         next_ids = sample(logits, rng, temperature, top_k, top_p)                      # (B,)
         progress.accept(next_ids)
         prefill_s = time.perf_counter() - start
@@ -204,10 +260,14 @@ class Generator:
             decoded += progress.accept(next_ids)
             steps += 1
         decode_s = time.perf_counter() - start
+        state = None
+        if keep_state:
+            state = GenerationState(cache, attention_mask, next_ids, progress.finished.copy(),
+                                    [h + t for h, t in zip(history, progress.tokens)], rng.bit_generator.state)
         del cache, logits
         return_freed_memory()
 
         return GenerationResult(
-            prompt_tokens=sequences, tokens=progress.tokens,
+            prompt_tokens=history, tokens=progress.tokens,
             texts=[d.text for d in progress.detokenizers], finish_reasons=progress.finish_reasons(),
-            timings=Timings(prefill_s, decode_s, steps, decoded))
+            timings=Timings(prefill_s, decode_s, steps, decoded), state=state)

@@ -41,3 +41,4 @@ class GenerationResult:
     texts: list[str]
     finish_reasons: list[str]
     timings: Timings
+    state: object = None      # saved.GenerationState with generate(keep_state=True): what resume= goes on from
