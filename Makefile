@@ -48,7 +48,7 @@ MAX_NEW_TOKENS ?= 64
 PYTEST_ARGS ?=
 TEXT      ?=
 
-.PHONY: setup optimum-setup export validate generate analyze interop test test-fast clean help bench-runtime bench-batch frontier
+.PHONY: setup optimum-setup export validate generate analyze interop test test-fast clean help bench-runtime bench-batch bench-llama-cpp frontier
 
 help:
 	@echo "make export                              the default: K=full, an int8 cache our attention kernel reads (KV_KERNEL=codes)"
@@ -70,7 +70,8 @@ help:
 	@echo "make test                                 the test suite (tiny models, a few minutes)"
 	@echo "make test-fast                            the tests that need no tiny model or export (under a minute)"
 	@echo "make bench-runtime [BENCH_ARGS=...]       ours vs onnxruntime-genai, HF, optimum (TTFT, tok/s, RSS) -> build/bench-runtime.md"
-	@echo "make bench-batch [BENCH_ARGS=...]         batch x context grid: K=full, the int8 default, genai (docs/runtime_speed.md)"
+	@echo "make bench-batch [BENCH_ARGS=...]         batch x context grid: K=full, the int8 default, genai, llama.cpp (docs/runtime_speed.md)"
+	@echo "make bench-llama-cpp [BENCH_ARGS=...]     llama.cpp alone: batch-1 decode and perplexity per cache type"
 
 setup: $(STAMP) $(KERNELS_LIB)
 
@@ -140,7 +141,7 @@ bench-runtime: setup optimum-setup
 	$(PYTHON) -m benchmarks.runtime_bench $(BENCH_ARGS)
 
 # the batch x context grid of the runtime issue: our K=full (concat, shared buffer), the default int8 export and
-# onnxruntime-genai's fp32 model, each exported or built first when missing
+# onnxruntime-genai's fp32 and int4 models and llama.cpp per cache type, each exported or built first when missing
 bench-batch: setup
 	test -d build/smollm2-135m-kfull || $(PYTHON) -m exporter --k full
 	test -d build/smollm2-135m-kfull-shared || $(PYTHON) -m exporter --k full --cache shared-buffer
@@ -149,7 +150,12 @@ bench-batch: setup
 	test -d build/smollm2-135m-kfull-shared-kvint8-codes || $(PYTHON) -m exporter --k full --cache shared-buffer \
 		--kv-dtype int8 --kv-kernel codes
 	$(PYTHON) -c "from benchmarks.runtime_bench.prepare import genai_peer; genai_peer('fp32'); genai_peer('int4')"
-	$(PYTHON) -m benchmarks.batch_decode $(BENCH_ARGS)
+	$(PYTHON) -m benchmarks.batch_decode --llama-cpp f16,q8_0,q4_0 $(BENCH_ARGS)
+
+# llama.cpp alone (built into build/llama-cpp first, about 10 min): decode at batch 1 per cache type and depth, and
+# its perplexity change per cache type on the WikiText-2 windows `make validate` reads
+bench-llama-cpp: setup
+	$(PYTHON) -m benchmarks.llama_cpp_peer --perplexity $(BENCH_ARGS)
 
 clean:
 	rm -rf build/smollm2-* build/latest build/calib build/analyze-* build/sweep-*

@@ -4,12 +4,17 @@ quantized caches (exporter/quant/design.py) at given ratios, with the uncompress
     python -m benchmarks.frontier [--ranks 64/64,96/96,128/128] [--modes pre-rope,post-rope]
         [--methods pca,output-aware,trained] [--eval-tokens 32768] [--train-steps 64]
         [--quantized raw/full/uniform/static,output-aware/full/spectral/static --ratios 4,8,16]
+        [--float-windows 0,32 --window-context 2048]
         [--quant 8,4]   (the older simulated KIVI-like lines, benchmarks/kv_quant.py)
 
 Quantized settings are METHOD/K/ALLOCATION/SCALES[/WEIGHTS[/SENSITIVITY[/PROBE_ROUNDS]]], exactly what `make export METHOD=
 K= QUANT= QUANT_SCALES=` (and `--quant-weights`, `--quant-sensitivity`) builds (raw/full/uniform/static is plain KV quantization: no transform, the same bits everywhere, steps from
 calibration; SCALES may be KEY-VALUE, e.g. static-token), each at every ratio of --ratios (times fewer bytes
-than the float16 cache, scale bytes counted); their bytes are the packed uint8 cache's.
+than the float16 cache, scale bytes counted); their bytes are the packed uint8 cache's. --float-windows screens
+KIVI's residual on each of them (model/attention.py float_window: a query reads its last W latents exact, the
+older ones decoded; PyTorch only, not exported): the W float16 latents of every layer are counted at
+--window-context tokens, W x (sum of ranks) x 2 / context bytes a token, on top of the codes (so pick --ratios
+for the codes that make the total the one wanted: 1 / (1/total - W/context) with K=full).
 
 Ranks are K_KEY/K_VALUE ('full' allowed). Perplexity follows the shared/data convention (WikiText-2 test,
 windows of 2048 after the sink, 32,768 tokens scored by default) and is computed with the PyTorch reference
@@ -92,9 +97,16 @@ class Frontier:
                          **dict(zip(("weights", "sensitivity", "probe_rounds"), more[:2] + [int(x) for x in more[2:]])))
         proj = quantize(self.job, proj, q)
         dec = build_decoder(hf, proj)
-        self.add(f"{spec} {mode} {ratio:g}x", spec, mode, nll(dec, self.windows),
-                 kv_bytes_per_token(layout_of(dec)))
-        self.rows[-1]["seconds"] = round(time.time() - t0, 1)
+        codes = kv_bytes_per_token(layout_of(dec))
+        ranks = sum((k or cfg.kv_dim) + (v or cfg.kv_dim) for k, v in zip(*proj.ranks().values()))
+        for w in [int(x) for x in self.a.float_windows.split(",")]:
+            for blk in dec.blocks:
+                blk.attn.float_window = w
+            window_bytes = w * ranks * FP16 / self.a.window_context
+            label = f"{spec} {mode} {ratio:g}x" + (f" + float window {w}" if w else "")
+            self.add(label, spec, mode, nll(dec, self.windows), codes + window_bytes,
+                     {"codes_bytes_per_token": codes, "float_window": w, "window_bytes_per_token": window_bytes})
+            self.rows[-1]["seconds"] = round(time.time() - t0, 1)
 
     def run(self):
         a, cfg = self.a, self.cfg
@@ -165,6 +177,9 @@ def main(argv=None) -> int:
     p.add_argument("--quantized", default="", help="quantized caches METHOD/K/ALLOCATION/SCALES, comma-separated "
                                                   "(keys in the first of --modes)")
     p.add_argument("--ratios", default="4,8,16", help="quantized caches: times fewer bytes than float16")
+    p.add_argument("--float-windows", default="0", help="quantized caches: W recent latents read exact (0: none)")
+    p.add_argument("--window-context", type=int, default=2048, help="the context a float window's bytes are spread "
+                   "over")
     p.add_argument("--eval", default=str(DEFAULT_EVAL))
     p.add_argument("--eval-tokens", type=int, default=32768)
     p.add_argument("--calib-tokens", type=int, default=ExportOptions.calib_tokens)

@@ -11,6 +11,8 @@ Keys, by mode:
              every step rebuilds the keys mean + basis @ c, rotates them at their positions, then the usual GQA.
 A layer without RoPE (GPT-2, SmolLM3's NoPE layers) has one kind of key: fold.py builds it post-rope (k-space).
 Quantized latents (codec/quantizer.py): the cache holds packed integer codes of c, and attention reads them decoded.
+A float window (KIVI's residual; `float_window` = W, a screen of the PyTorch reference, not exported): a query
+reads the exact latents of its last W tokens (itself included) and the decoded codes of the older ones.
 Values: full, or latents with the up-projection absorbed into o_proj: sum_m a_m (mu + B c_m) = mu + B (sum_m a_m c_m)
 because the attention weights sum to one, so o_proj' = o_proj @ blockdiag(B_g(h)) and bias o_proj @ mu. Since B
 is absorbed head by head, each query head may have its own B_h (trained projectors' head_decode) for free.
@@ -88,6 +90,7 @@ class Attention(nn.Module):
         self.value_quant = None
         self.cache_scales = None  # (k_scale, v_scale) (G*d,): the fused op quantizes the cache to int8 itself
         self.cache_rotation = None  # (d, d): queries and keys rotated after RoPE (values: folded into v/o_proj)
+        self.float_window = 0     # > 0: quantized latents of a query's last W tokens read exact (from an empty cache)
 
     def use_cache_quant(self, rotation, key_scale, value_scale) -> None:
         """An int8 cache the fused op writes and reads (codec/cache_quant.py): per-channel steps, rotation R."""
@@ -140,12 +143,13 @@ class Attention(nn.Module):
             else:
                 k = self._per_head(self.k_proj(x), B, T, self.G, self.k_norm)  # (B, G, T, d)
                 c = self.key_encode(k.transpose(1, 2).reshape(B, T, -1)).unsqueeze(1)   # (B, 1, T, r)
+            exact = c
             c, present = self._append(self.key_quant, past_k, c, sink_slots)  # (B, 1, S, r), present
-            k = self.key_decode(c.squeeze(1))                                # (B, S, G*d)
-            k = k.view(B, -1, self.G, self.d).transpose(1, 2)                # (B, G, S, d)
-            if rope_all is not None:
-                k = apply_rope(k, *rope_all)
-            return grouped_matmul(q, k.transpose(-1, -2), self.G), present
+            pre_rope_scores = lambda c: grouped_matmul(q, self._pre_rope_keys(c, rope_all).transpose(-1, -2), self.G)
+            scores = pre_rope_scores(c)                                      # (B, H, T, S)
+            if self._windowed(self.key_quant, past_k):
+                scores = torch.where(self._band(T, past_k), pre_rope_scores(exact), scores)
+            return scores, present
         k = self._per_head(self.k_proj(x), B, T, self.G, self.k_norm)        # (B, G, T, d)
         self._tap("key_pre", k)
         k = self._code("key_pre", k)
@@ -157,9 +161,13 @@ class Attention(nn.Module):
             present = torch.cat([past_k, k], dim=2)                          # (B, G, S, d)
             return grouped_matmul(q, present.transpose(-1, -2), self.G), present
         c = self.key_encode(k.transpose(1, 2).reshape(B, T, -1)).unsqueeze(1)  # (B, 1, T, r)
+        exact = c
         c, present = self._append(self.key_quant, past_k, c, sink_slots)     # (B, 1, S, r), present
         q_latent = q @ self.query_basis                                      # (B, H, T, r)
-        return q_latent @ c.transpose(-1, -2), present                       # (B, H, T, S)
+        scores = q_latent @ c.transpose(-1, -2)                              # (B, H, T, S)
+        if self._windowed(self.key_quant, past_k):
+            scores = torch.where(self._band(T, past_k), q_latent @ exact.transpose(-1, -2), scores)
+        return scores, present
 
     def _fused(self, x, rope_new, rope_tables, lengths, past_k, past_v):
         """Full or k-space attention through GroupQueryAttention: (G heads of d) or (1 head of r)."""
@@ -207,8 +215,32 @@ class Attention(nn.Module):
                 self._tap_mix(probs, present)
             return grouped_matmul(probs, present, self.G), present           # (B, H, T, d)
         c = self.v_proj(x).unsqueeze(1)                                      # (B, 1, T, r)
+        exact = c
         c, present = self._append(self.value_quant, past_v, c, sink_slots)   # (B, 1, S, r), present
+        if self._windowed(self.value_quant, past_v):
+            band = self._band(T, past_v).to(probs.dtype)                     # (T, S)
+            return (probs * (1 - band)) @ c + (probs * band) @ exact, present   # (B, H, T, r)
         return probs @ c, present                                            # (B, H, T, r)
+
+    def _pre_rope_keys(self, c, rope_all):
+        """Latents (B, 1, S, r) -> keys (B, G, S, d), rebuilt and rotated at their positions."""
+        B = c.shape[0]
+        k = self.key_decode(c.squeeze(1)).view(B, -1, self.G, self.d).transpose(1, 2)   # (B, G, S, d)
+        return apply_rope(k, *rope_all) if rope_all is not None else k
+
+    def _windowed(self, quant, past) -> bool:
+        """Whether this call reads a float window: a quantized latent cache with float_window set. The exact
+        latents of older steps are not kept anywhere, so only a call from an empty cache (a scored window) can."""
+        if not self.float_window or quant is None:
+            return False
+        if past.shape[2]:
+            raise NotImplementedError("float_window screens prefills from an empty cache only (it is not exported)")
+        return True
+
+    def _band(self, T: int, past) -> torch.Tensor:
+        """(T, T) bool: key j is among query i's last float_window tokens, 0 <= i - j < W (slots, empty past)."""
+        i = torch.arange(T, device=past.device)
+        return (i[:, None] - i[None, :] >= 0) & (i[:, None] - i[None, :] < self.float_window)
 
     def _per_head(self, x, B, T, heads: int, norm):
         """(B, T, heads*d) -> (B, heads, T, d), normed per head where the model norms q and k. B and T come from
