@@ -75,18 +75,23 @@ def model_file(weights: str, build_dir: Path = DEFAULT_BUILD) -> str:
 
 
 def run_measured(argv: list[str]) -> tuple[str, str, float]:
-    """Run argv; (stdout, stderr, peak RSS of that process in GiB). Output goes through files so that wait4, not
-    communicate(), reaps the child and hands back its own resource usage."""
+    """Run argv; (stdout, stderr, peak RSS of that process in GiB). A child forked from this process starts its
+    peak at this process's size (Linux carries the forked copy's high-water mark through exec), so the peak is
+    GNU time's report of its own child where /usr/bin/time exists, else wait4's (this process's size a floor)."""
     import tempfile
-    with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:
-        proc = subprocess.Popen(argv, stdout=out_f, stderr=err_f, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        out_f.seek(0), err_f.seek(0)
-        out, err = out_f.read(), err_f.read()
-    code = os.waitstatus_to_exitcode(status)
-    if code:
-        sys.exit(f"error: {os.path.basename(argv[0])} failed (exit {code}): {err.strip().splitlines()[-3:]}")
-    return out, err, usage.ru_maxrss / 2**20
+    with tempfile.TemporaryDirectory() as tmp:
+        report = os.path.join(tmp, "rss")
+        timed = ["/usr/bin/time", "-f", "%M", "-o", report] if os.path.exists("/usr/bin/time") else []
+        with open(os.path.join(tmp, "out"), "w+") as out_f, open(os.path.join(tmp, "err"), "w+") as err_f:
+            proc = subprocess.Popen(timed + argv, stdout=out_f, stderr=err_f, text=True)
+            _, status, usage = os.wait4(proc.pid, 0)
+            out_f.seek(0), err_f.seek(0)
+            out, err = out_f.read(), err_f.read()
+        code = os.waitstatus_to_exitcode(status)
+        if code:
+            sys.exit(f"error: {os.path.basename(argv[0])} failed (exit {code}): {err.strip().splitlines()[-3:]}")
+        peak_kib = int(open(report).read().split()[-1]) if timed else usage.ru_maxrss
+    return out, err, peak_kib / 2**20
 
 
 def kv_bytes_per_token(log: str) -> int | None:
