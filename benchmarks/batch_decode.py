@@ -2,7 +2,7 @@
 
     python -m benchmarks.batch_decode [--grid 8x4096,8x1024,1x4096,1x128] [--new-tokens 64] [--runs 1]
         [--ours build/<export>,...] [--genai build/bench/genai-smollm2-135m-fp32-cpu,...-int4-cpu]
-        [--llama-cpp f16,q8_0,q4_0]
+        [--llama-cpp f16,q8_0,q4_0] [--hf-quantized fp8,quanto4]
 
 Each cell is a fresh process per runtime: B prompts of N tokens each (B consecutive slices of WikiText-2 test,
 the sink first, all of one length so shared-buffer exports take them), a real prefill, then NEW_TOKENS greedy
@@ -14,11 +14,16 @@ machine is shared, so a single run per cell is a rough figure and the median of 
 --llama-cpp adds llama.cpp per KV cache type (benchmarks/llama_cpp_peer.batched: llama-batched-bench on SmolLM2's
 F32 GGUF, the same weights as ours, flash attention on): its prompts are filler tokens, not WikiText (the cost of
 attention does not depend on them) and it prints no tokens, so its agreement column is empty.
+
+--hf-quantized adds HF transformers (PyTorch, fp32, sdpa) generating with its QuantizedCache (KIVI-style: the last
+128 tokens in float, older ones quantized): `fp8` (per tensor, in transformers) or `quanto4` / `quanto2` (optimum-
+quanto int4/int2 per group of 64, installed apart from .venv into build/venvs/quanto-site when asked for).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -74,6 +79,50 @@ print(json.dumps({"ttft_s": t1 - t0, "decode_tok_s": B * (new - 1) / (t2 - t1), 
 """
 
 
+HF_QUANTIZED = r"""
+import json, os, sys, time
+import torch
+from transformers import AutoModelForCausalLM
+from transformers.generation.streamers import BaseStreamer
+from tokenizers import Tokenizer
+from benchmarks.batch_decode import prompts
+from benchmarks.runtime_bench.common import HF_DIR, peak_rss_gib
+backend, B, N, new = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+model = AutoModelForCausalLM.from_pretrained(HF_DIR, dtype=torch.float32, attn_implementation="sdpa").eval()
+model.generation_config.eos_token_id = None                           # exactly `new` tokens
+tok = Tokenizer.from_file(os.path.join(HF_DIR, "tokenizer.json"))
+ids = torch.tensor(prompts(tok, model.config.bos_token_id, B, N))     # (B, N), the sink first
+stamps = []
+class Stamps(BaseStreamer):
+    def put(self, value):
+        stamps.append(time.perf_counter())
+    def end(self):
+        pass
+config = {"backend": "fp8"} if backend == "fp8" else {"backend": "quanto", "nbits": int(backend[len("quanto"):])}
+with torch.inference_mode():
+    t0 = time.perf_counter()
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new,
+                         cache_implementation="quantized", cache_config=config, streamer=Stamps())
+first, last = stamps[1], stamps[-1]                                   # stamps[0]: the prompt
+print(json.dumps({"ttft_s": first - t0, "decode_tok_s": B * (new - 1) / (last - first),
+                  "peak_rss_gib": peak_rss_gib(), "tokens": out[:, N:].tolist()}))
+"""
+
+QUANTO_SITE = "build/venvs/quanto-site"
+
+
+def hf_quantized(backend: str, batch: int, n: int, new: int, runs: int) -> dict:
+    """HF transformers with QuantizedCache(backend) in a child (optimum-quanto on its path for quanto*)."""
+    env = dict(os.environ)
+    if backend.startswith("quanto"):
+        if not os.path.isdir(QUANTO_SITE):
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", QUANTO_SITE,
+                            "optimum-quanto==0.2.7", "ninja"], check=True)
+        env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(QUANTO_SITE), env.get("PYTHONPATH", "")])
+    return median_of([run_child(HF_QUANTIZED, [backend, batch, n, new], f"HF QuantizedCache {backend}", env)
+                      for _ in range(runs)])
+
+
 def prompts(tokenizer, sink: int, batch: int, n_tokens: int) -> list[list[int]]:
     """`batch` prompts of n_tokens each (sink first): consecutive slices of WikiText-2 test."""
     from exporter.options import DEFAULT_EVAL
@@ -85,27 +134,33 @@ def prompts(tokenizer, sink: int, batch: int, n_tokens: int) -> list[list[int]]:
     return [[sink] + ids[i * step:(i + 1) * step] for i in range(batch)]
 
 
-def run_child(code: str, target: str, batch: int, n: int, new: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, target, str(batch), str(n), str(new)], capture_output=True,
-                         text=True)
+def run_child(code: str, args: list, what: str, env: dict | None = None) -> dict:
+    """Run `code` in a fresh interpreter with args; the JSON line it prints last."""
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env)
     if out.returncode != 0:
-        raise SystemExit(f"measuring {target} at {batch}x{n} failed:\n{out.stderr[-3000:]}")
+        raise SystemExit(f"measuring {what} at {args[-3]}x{args[-2]} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(code: str, target: str, batch: int, n: int, new: int, runs: int) -> dict:
-    results = [run_child(code, target, batch, n, new) for _ in range(runs)]
+def median_of(results: list[dict]) -> dict:
+    """The median of each timing over the runs; tokens and bytes of the first (None where a runtime has none)."""
     med = lambda k: statistics.median(r[k] for r in results)
     return {"ttft_s": med("ttft_s"), "decode_tok_s": med("decode_tok_s"), "peak_rss_gib": med("peak_rss_gib"),
-            "tokens": results[0]["tokens"], "kv_bytes_per_token": results[0]["kv_bytes_per_token"], "runs": runs}
+            "tokens": results[0].get("tokens"), "kv_bytes_per_token": results[0].get("kv_bytes_per_token"),
+            "runs": len(results)}
+
+
+def measure(code: str, target: str, batch: int, n: int, new: int, runs: int) -> dict:
+    return median_of([run_child(code, [target, batch, n, new], target) for _ in range(runs)])
 
 
 def llama_cpp(cache: str, batch: int, n: int, new: int, runs: int) -> dict:
     from benchmarks.llama_cpp_peer import batched
-    results = [batched(cache, batch, n, new) for _ in range(runs)]
-    med = lambda k: statistics.median(r[k] for r in results)
-    return {"ttft_s": med("ttft_s"), "decode_tok_s": med("decode_tok_s"), "peak_rss_gib": med("peak_rss_gib"),
-            "tokens": None, "kv_bytes_per_token": results[0]["kv_bytes_per_token"], "runs": runs}
+    return median_of([batched(cache, batch, n, new) for _ in range(runs)])
+
+
+def kv_cell(bytes_per_token: int | None) -> str:
+    return f"{bytes_per_token:,}" if bytes_per_token else "—"
 
 
 def agreement(tokens: list[list[int]] | None, reference: list[list[int]]) -> str:
@@ -126,6 +181,8 @@ def main(argv=None) -> int:
                    help="onnxruntime-genai builder model directories, comma-separated ('' to leave them out)")
     p.add_argument("--llama-cpp", default="", help="llama.cpp KV cache types, e.g. f16,q8_0,q4_0 (builds llama.cpp "
                    "into build/llama-cpp first when missing, about 10 min)")
+    p.add_argument("--hf-quantized", default="", help="HF QuantizedCache backends: fp8, quanto4, quanto2 "
+                   "(build/bench/hf-smollm2-135m must exist: make bench-runtime prepares it)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--runs", type=int, default=1)
     a = p.parse_args(argv)
@@ -134,7 +191,9 @@ def main(argv=None) -> int:
     targets = [(e, child(OURS, e)) for e in a.ours.split(",") if e] + \
         [(g, child(GENAI, g)) for g in a.genai.split(",") if g] + \
         [(f"llama.cpp F32 weights, {c} cache", lambda b, n, c=c: llama_cpp(c, b, n, a.new_tokens, a.runs))
-         for c in a.llama_cpp.split(",") if c]
+         for c in a.llama_cpp.split(",") if c] + \
+        [(f"HF transformers fp32, QuantizedCache {q}", lambda b, n, q=q: hf_quantized(q, b, n, a.new_tokens, a.runs))
+         for q in a.hf_quantized.split(",") if q]
     print(f"{a.new_tokens} new tokens, greedy, median of {a.runs} run(s) per cell; the first row of each cell is "
           "the reference of the agreement column.\n")
     print("| batch x context | runtime / export | KV B/token | TTFT s | decode tok/s | vs first | peak RSS GiB | "
@@ -149,7 +208,7 @@ def main(argv=None) -> int:
             first = first or r
             rows.append({"batch": batch, "context": n, "target": target, **{k: v for k, v in r.items()
                                                                               if k != "tokens"}})
-            print(f"| {batch} x {n} | {target} | {r['kv_bytes_per_token'] or 0:,} | {r['ttft_s']:.2f} | "
+            print(f"| {batch} x {n} | {target} | {kv_cell(r['kv_bytes_per_token'])} | {r['ttft_s']:.2f} | "
                   f"{r['decode_tok_s']:.1f} | {r['decode_tok_s'] / first['decode_tok_s']:.2f}x | "
                   f"{r['peak_rss_gib']:.2f} | {agreement(r['tokens'], first['tokens'])} |", flush=True)
     with open("build/batch-decode.json", "w") as f:

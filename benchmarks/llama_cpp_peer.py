@@ -94,22 +94,37 @@ def run_measured(argv: list[str]) -> tuple[str, str, float]:
     return out, err, peak_kib / 2**20
 
 
-def kv_bytes_per_token(log: str) -> int | None:
-    """From llama.cpp's log line 'llama_kv_cache: size = 720.00 MiB ( 32768 cells, ...)': bytes per cell."""
-    m = re.search(r"llama_kv_cache:\s+size\s*=\s*([\d.]+) MiB \(\s*(\d+) cells", log)
-    return round(float(m.group(1)) * 2**20 / int(m.group(2))) if m else None
+# bytes per cached number of llama.cpp's cache types (ggml blocks of 32: q8_0 32 int8 + an f16 scale, q4_0 16 bytes
+# of nibbles + an f16 scale)
+GGML_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32,
+              "q5_0": 22 / 32, "q5_1": 24 / 32}
+
+
+def kv_bytes_per_token(gguf_path: str, cache: str) -> int:
+    """What llama.cpp's cache of type `cache` holds per token for this GGUF: keys and values of every layer,
+    n_head_kv x head size each (from the file's metadata)."""
+    from gguf import GGUFReader
+    fields = GGUFReader(gguf_path).fields
+    value = lambda key: int(fields[key].parts[fields[key].data[0]][0])
+    arch = bytes(fields["general.architecture"].parts[fields["general.architecture"].data[0]]).decode()
+    heads = value(f"{arch}.attention.head_count")
+    head_size = value(f"{arch}.attention.key_length") if f"{arch}.attention.key_length" in fields else \
+        value(f"{arch}.embedding_length") // heads
+    per_token = 2 * value(f"{arch}.block_count") * value(f"{arch}.attention.head_count_kv") * head_size
+    return round(per_token * GGML_BYTES[cache])
 
 
 def batched(cache: str, batch: int, n_prompt: int, new: int, weights: str = "f32",
             build_dir: Path = DEFAULT_BUILD) -> dict:
     """One llama-batched-bench run in a fresh process: {ttft_s, decode_tok_s, peak_rss_gib, kv_bytes_per_token}."""
-    argv = [str(tools(build_dir) / "llama-batched-bench"), "-m", model_file(weights, build_dir),
+    gguf = model_file(weights, build_dir)
+    argv = [str(tools(build_dir) / "llama-batched-bench"), "-m", gguf,
             "-c", str(batch * (n_prompt + new)), "-npp", str(n_prompt), "-ntg", str(new), "-npl", str(batch),
             "-fa", "on", "-ctk", cache, "-ctv", cache, "-t", str(os.cpu_count()), "--output-format", "jsonl"]
     out, err, rss = run_measured(argv)
     row = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
     return {"ttft_s": row["t_pp"], "decode_tok_s": row["speed_tg"], "peak_rss_gib": rss,
-            "kv_bytes_per_token": kv_bytes_per_token(err + out), "command": " ".join(argv)}
+            "kv_bytes_per_token": kv_bytes_per_token(gguf, cache), "command": " ".join(argv)}
 
 
 def bench_command(bench: Path, gguf: str, cache: str, depths: list[int], new_tokens: int, runs: int) -> list[str]:

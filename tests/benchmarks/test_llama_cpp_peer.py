@@ -8,12 +8,14 @@ import pytest
 from benchmarks.llama_cpp_peer import kv_bytes_per_token, run_measured
 
 
-def test_kv_bytes_per_token_from_its_log():
-    log = ("llama_kv_cache:        CPU KV buffer size =   720.00 MiB\n"
-           "llama_kv_cache: size =  720.00 MiB ( 32768 cells,  30 layers,  1/1 seqs), K (f16):  360.00 MiB, "
-           "V (f16):  360.00 MiB\n")
-    assert kv_bytes_per_token(log) == 23040                  # SmolLM2: 30 layers x 2 x 192 values x 2 bytes
-    assert kv_bytes_per_token("no cache line") is None
+def test_kv_bytes_per_token_from_the_gguf(tmp_path):
+    import gguf
+    path = str(tmp_path / "m.gguf")
+    w = gguf.GGUFWriter(path, "llama")                  # SmolLM2's attention shapes, no tensors needed
+    w.add_block_count(30), w.add_embedding_length(576), w.add_head_count(9), w.add_head_count_kv(3)
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.close()
+    got = {c: kv_bytes_per_token(path, c) for c in ("f16", "q8_0", "q4_0")}
+    assert got == {"f16": 23040, "q8_0": 12240, "q4_0": 6480}     # 11,520 numbers: 2, 34/32 and 18/32 bytes each
 
 
 def test_run_measured_gives_the_childs_own_peak_and_fails_in_one_line():
