@@ -8,7 +8,8 @@ checked against one unbroken call of 2 x NEW tokens. Reported per export: the ca
 (fixed-width codes), the file, what zstd level 19 and xz (lzma, preset 6) would make of the same cache bytes, and
 the order-0 entropy of each byte position of a token's row (per layer, key or value, KV head: the size an
 arithmetic coder with one static model per byte position would reach, side information not counted), each as
-bits per cached value and as a share of the fixed width; and the seconds to save and to load.
+bits per key or value number of the model (its uncompressed cache's count: 2 x layers x KV heads x head size a
+token) and as a share of the fixed width; and the seconds to save and to load.
 """
 from __future__ import annotations
 
@@ -54,9 +55,11 @@ def measure(export: str, prompt_tokens: int, new_tokens: int) -> dict:
     rest = gen.generate(None, max_new_tokens=new_tokens, stop_token_ids=[], resume=state)
     arrays = first.state.cache.arrays()
     raw = b"".join(a.tobytes() for a in arrays.values())
-    values = sum(a.size for a in arrays.values())
+    m = gen.metadata.model                      # the numbers the uncompressed cache would hold: keys and values
+    tokens = first.state.attention_mask.shape[1]
+    values = tokens * 2 * m["num_layers"] * m["num_kv_heads"] * m["head_dim"]
     bits = lambda n_bytes: 8 * n_bytes / values
-    return {"export": export, "tokens": first.state.attention_mask.shape[1], "values": values,
+    return {"export": export, "tokens": tokens, "values": values,
             "dtype": str(next(iter(arrays.values())).dtype), "cache_bytes": cache_bytes, "file_bytes": file_bytes,
             "fixed_bits": bits(cache_bytes), "file_bits": bits(file_bytes),
             "zstd19_bits": bits(len(zstandard.ZstdCompressor(level=19).compress(raw))),
@@ -74,7 +77,7 @@ def main(argv=None) -> int:
     p.add_argument("--new-tokens", type=int, default=16)
     a = p.parse_args(argv)
     print(f"one prompt of {a.prompt_tokens} WikiText-2 test tokens, {a.new_tokens} generated, saved, loaded, "
-          f"{a.new_tokens} more; bits per cached value (share of the fixed width)\n")
+          f"{a.new_tokens} more; bits per key/value number of the model (share of the fixed width)\n")
     print("| export | cached | fixed width | file (zstd 3) | zstd 19 | xz | order-0 entropy per byte position | "
           "save s | load s | resumed == unbroken |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
