@@ -9,8 +9,8 @@ tokens an unbroken call would have given (tests/runtime/test_saved.py).
 File: a safetensors file compressed whole with zstd. Its tensors are every past tensor as the graph holds it (a
 shared buffer cut to the cached length), attention_mask (B, S) and next_ids (B,); its header's metadata holds JSON:
 the format, the export's cache identity, the finished flags, each sequence's token history and the sampler's
-state. zstd pays on codes too: the cache's values are far from uniform (docs/runtime_speed.md, "Saved sessions":
-10-11 % off an int8 or spectral cache at level 3, at hundreds of MB/s).
+state. zstd takes 10-11 % off an int8 or spectral cache at level 3 (docs/quantization.md, "Entropy coding for
+storage", `python -m benchmarks.saved_cache`).
 
 Identity: the sha256 of what gives the cache its meaning (the model's fingerprint, the projectors' sha256, key
 mode, ranks, cache layout). A file made by another export is refused, not misread.
@@ -32,7 +32,7 @@ from .cache import KVCache
 from .session import Device
 
 FORMAT = "spectral-kv-session/1"
-ZSTD_LEVEL = 3       # level 19 takes under 1 % more off an int8 cache at 200x the time (docs/runtime_speed.md)
+ZSTD_LEVEL = 3       # level 19 takes at most 1 % more of the cache off, much slower (docs/quantization.md)
 
 
 @dataclass
