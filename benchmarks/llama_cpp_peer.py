@@ -13,7 +13,7 @@ fp32 exports compares caches, not weight formats.
   cache both X (-ctk X -ctv X), flash attention on (quantized V caches need it), threads = os.cpu_count(), -r RUNS.
 - Batched (`batched`, used by benchmarks/batch_decode.py): llama-batched-bench with B sequences of N prompt tokens
   each and NEW generated: its prefill time (TTFT of the batch), its generation tokens/s over all sequences, the
-  process's peak RSS, and the KV bytes per token it allocated (its own log: cache MiB / cells).
+  process's peak RSS (GNU time's), and the KV bytes per token its cache type takes for the GGUF's shapes.
 - `--perplexity`: llama-perplexity on WikiText-2 test (the file our `make validate` reads) in windows of 2048
   tokens, one run per cache type (f32 first: our baseline cache). llama-perplexity scores the second half of each
   window, so compare its cache types with each other, not with our figures.

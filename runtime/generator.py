@@ -162,12 +162,18 @@ class Generator:
                     for r, n in enumerate(lengths)]
             cache.advance({}, input_ids.shape[1])
             return np.concatenate(rows)                                                  # (B, V)
-        chunk = self.prefill_chunk or input_ids.shape[1]
+        return self.feed(input_ids, attention_mask, cache)
+
+    def feed(self, input_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Feed new tokens (B, T) on top of what the cache holds, in chunks of prefill_chunk; the mask covers
+        past + T. The last position's logits (B, V)."""
+        fed, past = input_ids.shape[1], attention_mask.shape[1] - input_ids.shape[1]
+        chunk = self.prefill_chunk or fed
         if cache.shared and input_ids.shape[0] > 1:   # the fused op takes chunks after the first at batch 1 only
-            chunk = input_ids.shape[1]
-        for start in range(0, input_ids.shape[1], chunk):
-            end = min(start + chunk, input_ids.shape[1])
-            logits = self.step(input_ids[:, start:end], attention_mask[:, :end], cache)  # (B, V)
+            chunk = fed
+        for start in range(0, fed, chunk):
+            end = min(start + chunk, fed)
+            logits = self.step(input_ids[:, start:end], attention_mask[:, :past + end], cache)   # (B, V)
         return logits
 
     def save_state(self, path: str, state: GenerationState) -> tuple[int, int]:
@@ -177,18 +183,20 @@ class Generator:
 
     def load_state(self, path: str, continuation: Prompts | None = None, max_new_tokens: int = 64) -> GenerationState:
         """A saved generation of this export, with room in a shared buffer for the continuation and new tokens."""
-        fed = max((len(p) if not isinstance(p, str) else len(self.tokenizer.encode(p, add_special_tokens=False).ids)
-                   for p in continuation or [[]]), default=0)
+        fed = max((len(ids) for ids in self.continuation_ids(continuation)), default=0)
         return load_state(path, self.metadata, self.device, room=1 + fed + max_new_tokens)
+
+    def continuation_ids(self, prompts: Prompts | None) -> list[list[int]]:
+        """Token ids that go on a sequence as they are: no sink, no template."""
+        return [list(p) if not isinstance(p, str) else self.tokenizer.encode(p, add_special_tokens=False).ids
+                for p in prompts or []]
 
     def resume_inputs(self, state: GenerationState, prompts: Prompts | None):
         """What a resumed call feeds first: (input_ids (B, 1 + T), attention_mask (B, S + 1 + T), history,
         finished). Each row feeds its token sampled last, then its continuation's T tokens (no sink, no template:
         they go on the sequence). A continuation wakes a finished sequence (its stop token is fed, as a
         conversation goes on after the model's turn); without one, finished sequences stay so, fed padding."""
-        extra = [[] for _ in state.history] if not prompts else \
-            [list(p) if not isinstance(p, str) else self.tokenizer.encode(p, add_special_tokens=False).ids
-             for p in prompts]
+        extra = self.continuation_ids(prompts) or [[] for _ in state.history]
         if len(extra) != len(state.history):
             raise ValueError(f"the saved session holds {len(state.history)} sequence(s), {len(extra)} continuation(s) "
                              "given: give one per sequence, or none")
@@ -239,14 +247,7 @@ class Generator:
             progress.finished, progress.stopped = finished.copy(), finished.tolist()
 
         start = time.perf_counter()
-        if resume is None:
-            logits = self.prefill(input_ids, attention_mask, cache)                    # (B, V)
-        else:               # on top of the cache, in chunks as a prefill
-            fed, past = input_ids.shape[1], attention_mask.shape[1] - input_ids.shape[1]
-            chunk = self.prefill_chunk or fed
-            for s in range(0, fed, chunk):
-                e = min(s + chunk, fed)
-                logits = self.step(input_ids[:, s:e], attention_mask[:, :past + e], cache)   # (B, V)
+        logits = (self.prefill if resume is None else self.feed)(input_ids, attention_mask, cache)   # (B, V)
         next_ids = sample(logits, rng, temperature, top_k, top_p)                      # (B,)
         progress.accept(next_ids)
         prefill_s = time.perf_counter() - start
