@@ -26,12 +26,14 @@ import torch
 from onnx import helper
 from onnx.external_data_helper import load_external_data_for_tensor
 
+from exporter.codec.store import load_projectors
 from exporter.errors import UserError
 from exporter.export.pieces import hidden_name
 from exporter.model.fold import build_block, decoder_shell
 from exporter.model.stream import LayerStream
 from graphs import contract as C
 from graphs.metadata import ExportError, load_metadata
+from runtime.cache import NUMPY_DTYPES
 from runtime.session import open_session, session_options
 from .tolerances import LOGIT_RTOL, within
 
@@ -81,7 +83,7 @@ def layer_graph(model: onnx.ModelProto, i: int, directory: str) -> onnx.ModelPro
 def _relative(ort_outputs: list, torch_outputs: list) -> float:
     worst = 0.0
     for a, b in zip(ort_outputs, torch_outputs):
-        b = b.detach().numpy()
+        a, b = a.astype(np.float64), b.detach().numpy().astype(np.float64)       # codes: no uint8 wrap-around
         worst = max(worst, float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)))
     return worst
 
@@ -95,6 +97,8 @@ def check_layers(export_dir: str, model_dir: str | None = None, tokens: int = 32
                         "pass --model DIR")
     stream = LayerStream(model_dir)
     cfg = stream.cfg
+    stem = os.path.join(export_dir, "projectors")          # a compressed export: its blocks carry the codes
+    proj = load_projectors(stem, meta.model["fingerprint"]) if os.path.isfile(stem + ".safetensors") else None
     path = os.path.join(export_dir, "model.onnx")
     model = onnx.load(path, load_external_data=False)
     rng = np.random.default_rng(0)
@@ -111,19 +115,18 @@ def check_layers(export_dir: str, model_dir: str | None = None, tokens: int = 32
         names = list(meta.layout.names())
         for i in range(cfg.num_layers):
             with stream.loaded(stream.layer_prefix(i)):
-                block = build_block(stream.hf, cfg, i).eval()
-            shell.blocks = torch.nn.ModuleList([block])
+                block = build_block(stream.hf, cfg, i, proj).eval()
+            shell.blocks = torch.nn.ModuleList([block])     # the step of this block (pre-RoPE angles, sink slots)
             session = _session(layer_graph(model, i, export_dir))
             (_, _, past_k, _), (_, _, past_v, _) = names[2 * i], names[2 * i + 1]
-            empty = [torch.zeros(1, s.kv_heads, 0, s.head_size) for s in (meta.layout.shape(i, "key"),
-                                                                           meta.layout.shape(i, "value"))]
+            empty = shell.empty_past(1)                     # (1, heads, 0, size) each, in the cache's dtype
             step = shell.step(mask[:, :T], pos[:, :T], T, x.dtype)
             prefill = shell.run_block(block, i, x[:, :T], step, *empty)         # hidden (1, T, D), present k, v
             feed = {hidden_name(i): x[:, :T].numpy(), C.ATTENTION_MASK: mask[:, :T].numpy(),
                     C.POSITION_IDS: pos[:, :T].numpy(), past_k: empty[0].numpy(), past_v: empty[1].numpy()}
-            feed = {k: v for k, v in feed.items() if k in {n.name for n in session.get_inputs()}}
+            taken = {n.name for n in session.get_inputs()}      # GPT-2's layers take no position_ids
             out_names = [o.name for o in session.get_outputs()]
-            got = session.run(out_names, feed)
+            got = session.run(out_names, {k: v for k, v in feed.items() if k in taken})
             order = lambda outs: [outs[KINDS.index(kind_of(n))] for n in out_names]  # noqa: E731
             pre = _relative(got, order(prefill))
             step = shell.step(mask, pos[:, T:], 1, x.dtype)
@@ -131,7 +134,7 @@ def check_layers(export_dir: str, model_dir: str | None = None, tokens: int = 32
             feed.update({hidden_name(i): x[:, T:].numpy(), C.ATTENTION_MASK: mask.numpy(),
                          C.POSITION_IDS: pos[:, T:].numpy(), past_k: prefill[1].numpy(),
                          past_v: prefill[2].numpy()})
-            dec = _relative(session.run(out_names, feed), order(decode))
+            dec = _relative(session.run(out_names, {k: v for k, v in feed.items() if k in taken}), order(decode))
             results.append(LayerResult(i, pre, dec))
             if progress:
                 verdict = "ok" if results[-1].passed else "FAIL"
@@ -144,7 +147,7 @@ def check_layers(export_dir: str, model_dir: str | None = None, tokens: int = 32
     feed = {C.INPUT_IDS: ids.numpy(), C.ATTENTION_MASK: mask.numpy(), C.POSITION_IDS: pos.numpy()}
     for i, kind, name, _ in names:
         shape = meta.layout.shape(i, kind)
-        feed[name] = np.zeros((1, shape.kv_heads, 0, shape.head_size), np.float32)
+        feed[name] = np.zeros((1, shape.kv_heads, 0, shape.head_size), NUMPY_DTYPES[meta.layout.dtype_of(shape)])
     logits = session.run([C.LOGITS], feed)[0]
     end_to_end = float(np.abs(logits - reference).max() / np.abs(reference).max())
     greedy = bool((logits.argmax(-1) == reference.argmax(-1)).all())

@@ -10,8 +10,8 @@ Position 0 (the sink) is kept apart, once, as the sink vector of each tap.
 window through layer 0, their hidden states kept, then layer 1, ...; each accumulator sees the windows in the
 same order as in `capture`, so the sums are the same, and only one layer's weights are in memory.
 
-Entry points: `capture(decoder, windows, want)`, `capture_streamed(stream, windows, want)`, `Covariance`,
-`Rows`, `key_tap(cfg, key_mode)`.
+Entry points: `capture(decoder, windows, want)`, `capture_streamed(stream, windows, want)`, `capture_from`
+(either, by what it is handed), `Covariance`, `Rows`, `key_tap(cfg, key_mode)`.
 """
 from __future__ import annotations
 
@@ -152,7 +152,17 @@ def _tap_for(layer: int, want, sinks: dict):
     return tap
 
 
-def capture_streamed(stream, windows: Iterable[list[int]], want, progress: bool = True) -> dict:
+def capture_from(model, windows: Iterable[list[int]], want, desc: str = "calibrating", progress: bool = True) -> dict:
+    """`capture` on a compact decoder, `capture_streamed` on a model/stream.LayerStream (an export that never
+    holds the whole model, job/streamed.py): the same statistics either way."""
+    from ..model.stream import LayerStream
+    if isinstance(model, LayerStream):
+        return capture_streamed(model, windows, want, desc, progress)
+    return capture(model, windows, want, desc, progress)
+
+
+def capture_streamed(stream, windows: Iterable[list[int]], want, desc: str = "calibrating",
+                     progress: bool = True) -> dict:
     """`capture` on a model/stream.LayerStream: the same accumulators filled and the same sinks returned, with
     one decoder layer's weights in memory at a time (plus every window's hidden states, (T, D) each)."""
     from ..model.fold import build_block, decoder_shell
@@ -164,7 +174,7 @@ def capture_streamed(stream, windows: Iterable[list[int]], want, progress: bool 
         hidden = [shell.embed(t, torch.arange(t.shape[1])[None]) for t in windows]     # (1, T, D) each
         steps = [shell.step(torch.ones_like(t), torch.arange(t.shape[1])[None], t.shape[1], torch.float32)
                  for t in windows]                    # masks and RoPE angles: once per window, not per layer
-        for i in tqdm(range(stream.cfg.num_layers), desc="calibrating, layer by layer", unit="layer",
+        for i in tqdm(range(stream.cfg.num_layers), desc=f"{desc}, layer by layer", unit="layer",
                       disable=not progress):
             with stream.loaded(stream.layer_prefix(i)):
                 block = build_block(stream.hf, stream.cfg, i).eval()

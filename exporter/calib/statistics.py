@@ -2,7 +2,8 @@
 queries and what attention makes of the values, and the sink's own vectors; cached on disk by what they depend on.
 
 Entry points: `kv_statistics(...)` -> Statistics; `calibration_samples(...)` (the vectors themselves, for fits
-that need samples rather than moments: the quantizer's static scales).
+that need samples rather than moments: the quantizer's static scales). Both read a model as the compact decoder
+or, for a model bigger than memory, as a LayerStream one layer at a time (calib/capture.capture_from).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from ..model.config import DecoderConfig
-from .capture import KV_TAPS, Covariance, HeadCovariance, Rows, capture
+from .capture import KV_TAPS, Covariance, HeadCovariance, Rows, capture_from
 from .store import cache_key, load_statistics, save_statistics
 from .text import file_sha256, fitting_window, token_windows
 
@@ -27,7 +28,7 @@ class Statistics:
         return self.accumulators[(layer, tap)].covariance()
 
 
-def kv_statistics(decoder, tokenizer, cfg: DecoderConfig, calib: str, calib_tokens: int, window: int,
+def kv_statistics(model, tokenizer, cfg: DecoderConfig, calib: str, calib_tokens: int, window: int,
                   sink_id: int | None, fingerprint: str, cache_dir: str | None) -> Statistics:
     """Covariances and sink vectors of keys (before and after RoPE) and values for every layer, from the
     cache in cache_dir when an identical calibration ran before."""
@@ -42,7 +43,7 @@ def kv_statistics(decoder, tokenizer, cfg: DecoderConfig, calib: str, calib_toke
         return Statistics(accs, sinks, {**info, "tokens": counts["n_tokens"], "cached": True})
     windows = token_windows(tokenizer, calib, window, calib_tokens, sink_id, min_tokens=MIN_CALIB_TOKENS)
     accs = kv_accumulators(cfg)
-    sinks = capture(decoder, windows, accs)
+    sinks = capture_from(model, windows, accs)
     n_tokens = sum(len(w) - (sink_id is not None) for w in windows)
     if path:
         save_statistics(path, accs, sinks, {"n_tokens": n_tokens})
@@ -59,10 +60,10 @@ def kv_accumulators(cfg: DecoderConfig) -> dict:
     return {(i, tap): make(tap) for i in range(cfg.num_layers) for tap in KV_TAPS}
 
 
-def calibration_samples(decoder, tokenizer, cfg: DecoderConfig, calib: str, tokens: int, window: int,
+def calibration_samples(model, tokenizer, cfg: DecoderConfig, calib: str, tokens: int, window: int,
                         sink_id: int | None, taps: tuple[str, ...]) -> dict:
     """{(layer, tap): (N, dim)} the vectors of the first `tokens` calibration tokens themselves."""
     window = fitting_window(window, cfg.max_positions, sink_id)
     rows = {(i, tap): Rows() for i in range(cfg.num_layers) for tap in taps}
-    capture(decoder, token_windows(tokenizer, calib, window, tokens, sink_id), rows, desc="quantizer samples")
+    capture_from(model, token_windows(tokenizer, calib, window, tokens, sink_id), rows, desc="quantizer samples")
     return {k: r.matrix() for k, r in rows.items()}

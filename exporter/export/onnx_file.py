@@ -46,15 +46,18 @@ def _example_inputs(decoder, layout: C.CacheLayout, batch=2, new=3, past=2):
     ids = torch.randint(0, decoder.cfg.vocab_size, (batch, new), generator=g)
     mask = torch.ones(batch, past + new, dtype=torch.int64)
     pos = torch.arange(past, past + new)[None].expand(batch, new).contiguous()
-    def cache(s):
-        size = (batch, s.kv_heads, past, s.head_size)
-        if layout.dtype_of(s) == "uint8":
-            return torch.randint(0, 256, size, generator=g, dtype=torch.uint8)
-        if layout.dtype_of(s) == "int8":
-            return torch.randint(-128, 128, size, generator=g, dtype=torch.int8)
-        return torch.randn(*size, generator=g)
-    caches = [cache(layout.shape(i, kind)) for i, kind, _, _ in layout.names()]
+    caches = [example_cache(layout, layout.shape(i, kind), g, batch, past) for i, kind, _, _ in layout.names()]
     return (ids, mask, pos, *caches, torch.tensor(1))   # the last one is logits_to_keep
+
+
+def example_cache(layout: C.CacheLayout, s: C.CacheShape, g: torch.Generator, batch: int, past: int):
+    """A random past of one cache tensor, in its dtype: packed codes, int8 codes or floats."""
+    size = (batch, s.kv_heads, past, s.head_size)
+    if layout.dtype_of(s) == "uint8":
+        return torch.randint(0, 256, size, generator=g, dtype=torch.uint8)
+    if layout.dtype_of(s) == "int8":
+        return torch.randint(-128, 128, size, generator=g, dtype=torch.int8)
+    return torch.randn(*size, generator=g)
 
 
 class _Traced(torch.nn.Module):

@@ -34,7 +34,7 @@ from graphs.passes import clamp_ir_version, make_input_optional, set_metadata_pr
 
 from ..model.decoder import lm_head
 from ..model.fold import build_block, decoder_shell, final_norm
-from .onnx_file import OPSET, _io_names
+from .onnx_file import OPSET, _io_names, example_cache
 
 INLINE_BYTES = 1024          # smaller tensors stay in the protobuf (as onnx.save does by default)
 ALIGN = 4096                 # tensors start at page boundaries in the data file (memory-mappable)
@@ -164,7 +164,7 @@ def write_onnx_by_pieces(stream, layout: C.CacheLayout, path: str, props: dict[s
                          batch: int = 2, new: int = 3, past: int = 2) -> None:
     """Trace the embedding, each layer and the head of the checkpoint `stream` (model/stream.LayerStream) one at a
     time and write model.onnx with its weights in model.onnx.data; then check it like the whole-model export.
-    proj: projectors to fold into each block as it is built (None: K=full, all job/streamed.py asks for so far)."""
+    proj: projectors to fold into each block as it is built (None: K=full)."""
     hf, cfg = stream.hf, stream.cfg
     inputs, outputs, _ = _io_names(layout)
     names = list(layout.names())                           # (layer, kind, past name, present name)
@@ -196,8 +196,7 @@ def write_onnx_by_pieces(stream, layout: C.CacheLayout, path: str, props: dict[s
                 block = build_block(hf, cfg, i, proj).eval()
             shell.blocks = torch.nn.ModuleList([block])    # the step this layer needs (positions, sink slots)
             (_, _, past_k, present_k), (_, _, past_v, present_v) = names[2 * i], names[2 * i + 1]
-            cache = [torch.randn(batch, s.kv_heads, past, s.head_size, generator=g)
-                     for s in (layout.shape(i, "key"), layout.shape(i, "value"))]
+            cache = [example_cache(layout, layout.shape(i, kind), g, batch, past) for kind in ("key", "value")]
             piece_in = [hidden_name(i), C.ATTENTION_MASK, C.POSITION_IDS, past_k, past_v]
             piece_out = [hidden_name(i + 1), present_k, present_v]
             add(trace(_LayerPiece(shell, block, i), (hidden, mask, pos, *cache), piece_in, piece_out,

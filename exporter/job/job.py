@@ -5,6 +5,9 @@
     job.metric(key_mode)                   the output-aware metric function (computed once per key mode)
     job.samples(key_mode)                  calibration vectors for fitted quantizer steps (once per key mode)
 
+A job of a model bigger than memory (job/streamed.py) carries a LayerStream: its statistics, samples and metric
+read the model one layer at a time, and its decoder is a skeleton on the meta device (no weights).
+
 The stages (job/stages.py) take a job and return projectors; job/run.py strings them together. Benchmarks use
 the same object and stages, so what they measure is what `make export` builds.
 
@@ -23,6 +26,7 @@ from ..model.config import DecoderConfig, from_hf
 from ..model.decoder import Decoder
 from ..model.fold import build_decoder
 from ..model.load import Loaded, load
+from ..model.stream import LayerStream
 from ..model.weights import model_fingerprint
 from ..options import ExportOptions, default_for_windows
 from ..projectors.metric import output_metrics
@@ -39,6 +43,7 @@ class ExportJob:
     fingerprint: str              # model_fingerprint: projector files and statistics are keyed by it
     decoder: Decoder              # the uncompressed compact decoder: calibration, probes, training
     provenance: dict              # what projector files record of where they come from (model, seed, K=auto)
+    stream: LayerStream | None = None    # the model read one layer at a time (job/streamed.py), or None
     _statistics: Statistics | None = field(default=None, repr=False)
     _metrics: dict = field(default_factory=dict, repr=False)
     _samples: dict = field(default_factory=dict, repr=False)
@@ -61,11 +66,12 @@ class ExportJob:
         return cls.of(o, loaded, cfg, model_fingerprint(loaded.model), build_decoder(loaded.model))
 
     @classmethod
-    def of(cls, o: ExportOptions, loaded: Loaded, cfg: DecoderConfig, fingerprint: str, decoder) -> "ExportJob":
+    def of(cls, o: ExportOptions, loaded: Loaded, cfg: DecoderConfig, fingerprint: str, decoder,
+           stream: LayerStream | None = None) -> "ExportJob":
         """The job of checked options and a model already read (job/streamed.py reads it layer by layer)."""
         key_mode = o.key_mode if cfg.has_rope else "post-rope"   # without RoPE both modes are k-space scores
         return cls(o, loaded, cfg, key_mode, sink_token_id(loaded.tokenizer, o.sink), fingerprint, decoder,
-                   {"model": loaded.source, "model_fingerprint": fingerprint, "seed": o.seed})
+                   {"model": loaded.source, "model_fingerprint": fingerprint, "seed": o.seed}, stream)
 
     @property
     def hf(self):
@@ -75,17 +81,23 @@ class ExportJob:
     def tokenizer(self):
         return self.loaded.tokenizer
 
+    @property
+    def capture_source(self):
+        """What calibration runs the text through: the compact decoder, or the LayerStream."""
+        return self.stream if self.stream is not None else self.decoder
+
     def statistics(self) -> Statistics:
         if self._statistics is None:
             o = self.options
-            self._statistics = kv_statistics(self.decoder, self.tokenizer, self.config, o.calib, o.calib_tokens,
+            self._statistics = kv_statistics(self.capture_source, self.tokenizer, self.config, o.calib, o.calib_tokens,
                                              o.window, self.sink, self.fingerprint, o.build_dir)
         return self._statistics
 
     def metric(self, key_mode: str):
         """metric(layer, kind) -> (covariance, output-aware metric) for codes of keys in key_mode."""
         if key_mode not in self._metrics:
-            self._metrics[key_mode] = output_metrics(self.hf, self.config, self.statistics(), key_mode)
+            weights_of = self.stream.attention_weights if self.stream is not None else None
+            self._metrics[key_mode] = output_metrics(self.hf, self.config, self.statistics(), key_mode, weights_of)
         return self._metrics[key_mode]
 
     def tap_of(self, key_mode: str):
@@ -100,7 +112,7 @@ class ExportJob:
             return None
         if key_mode not in self._samples:
             tap_of = self.tap_of(key_mode)
-            self._samples[key_mode] = calibration_samples(self.decoder, self.tokenizer, self.config, o.calib,
+            self._samples[key_mode] = calibration_samples(self.capture_source, self.tokenizer, self.config, o.calib,
                                                           o.quant.fit_tokens, o.window, self.sink,
                                                           (tap_of("key"), tap_of("value")))
         return self._samples[key_mode]

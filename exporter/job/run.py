@@ -1,12 +1,14 @@
 """The export job end to end: python -m exporter and `make export` call run_export.
 
     ExportJob.start        check options, load the model, build the uncompressed decoder   (job/job.py)
+                           (streamed_job: a model bigger than memory, read layer by layer   (job/streamed.py))
     choose_auto_ranks      K=auto only                                                     (job/stages.py)
     fit_projectors         calibration statistics -> per-layer codes at the ranks
     quantize               QUANT only: bits and steps for packed codes
     fit_cache_quant        KV_DTYPE only: steps of the int8 cache the fused attention writes
     build_decoder          HF weights with the codes folded in                             (model/fold.py)
     save_export            model.onnx + export.json + tokenizer + projectors, atomically   (export/directory.py)
+                           (save_streamed: model.onnx traced layer by layer into external data)
 
 From the moment --out is known until build/latest points at the result, the export holds --out's lock
 (export/claim.py): a second export to the same directory is refused, and leftovers of killed ones are removed.
@@ -30,7 +32,7 @@ from ..quant.design import float16_bytes
 from .checks import check_shared_buffer, has_cache_quant, is_quantized
 from .job import ExportJob
 from .metadata import export_metadata
-from .streamed import run_streamed_export, streams
+from .streamed import save_streamed, streamed_job, streams
 from .stages import choose_auto_ranks, fit_cache_quant, fit_projectors, quantize
 
 
@@ -61,12 +63,11 @@ def default_out(o: ExportOptions, name: str, key_rank, value_rank) -> str:
 def run_export(o: ExportOptions, loaded=None) -> str:
     """Do the whole export; returns the export directory. `loaded` (from model/load.load) skips loading the
     model again when one process exports several settings."""
-    if loaded is None and streams(o):      # a model bigger than this path takes: one layer at a time
-        return run_streamed_export(o)
     t0 = time.time()
     if o.out:
         check_out_dir(o.out)                # before minutes of loading: the same check runs again under the lock
-    job = ExportJob.start(o, loaded)
+    # a model bigger than memory (or STREAM=1) is read one layer at a time wherever it is read
+    job = streamed_job(o) if loaded is None and streams(o) else ExportJob.start(o, loaded)
     o, cfg = job.options, job.config
     key_rank = None if o.is_auto else parse_rank(o.k_key if o.k_key is not None else o.k, cfg.kv_dim,
                                                  "K_KEY" if o.k_key else "K")
@@ -107,6 +108,8 @@ def export_into(job: ExportJob, out: str, key_rank, value_rank) -> ExportMetadat
         proj = fit_projectors(job, key_ranks, value_ranks)
     if quantized:
         proj = quantize(job, proj)
+    if job.stream is not None:
+        return save_streamed(job, out, proj)
     decoder = build_decoder(job.hf, proj) if proj is not None else job.decoder
     if o.window_cache == "full":
         decoder.keep_window_tokens()

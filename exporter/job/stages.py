@@ -24,7 +24,7 @@ from ..projectors.metric import output_whitening
 from ..projectors.pca import fit_pca, fit_raw
 from ..projectors.train import train_projectors
 from ..quant.design import Sources, quantize_projectors
-from ..quant.probe import measured_sensitivities
+from ..quant.probe import measured_sensitivities, measured_sensitivities_streamed
 from ..ranks.auto import Search, choose_ranks
 from .job import ExportJob
 
@@ -82,8 +82,12 @@ def quantize(job: ExportJob, proj: Projectors, q: QuantOptions | None = None) ->
     sensitivity = None
     if q.sensitivity == "measured" and q.allocation == "spectral":     # uniform: the plain quantizer
         probe = probe_windows(job.tokenizer, o.calib, o.calib_tokens, cfg.max_positions, job.sink, q.probe_tokens)
-        sensitivity = lambda coded, predicted: measured_sensitivities(job.hf, job.decoder, cfg, coded, predicted,
-                                                                      probe)
+        if job.stream is not None:          # a model bigger than memory: the same probes, layer by layer
+            sensitivity = lambda coded, predicted: measured_sensitivities_streamed(job.stream, coded, predicted,
+                                                                                   probe)
+        else:
+            sensitivity = lambda coded, predicted: measured_sensitivities(job.hf, job.decoder, cfg, coded,
+                                                                          predicted, probe)
     src = Sources(stats, cfg, job.tap_of(mode), job.sink, metric if q.weights == "output" else None,
                   job.samples(mode))
     return quantize_projectors(proj, q, src, refit, sensitivity)

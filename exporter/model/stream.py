@@ -64,6 +64,12 @@ class LayerStream:
         tied = self.cfg.tie_embeddings
         return (self.hf.get_input_embeddings() if tied else self.hf.get_output_embeddings()).weight
 
+    def attention_weights(self, i: int) -> dict:
+        """model/weights.attention_weights of layer i (float64 copies, so they outlive the layer's load)."""
+        from .weights import attention_weights
+        with self.loaded(self.layer_prefix(i)):
+            return attention_weights(self.hf, self.cfg, i)
+
     def outside_layers(self) -> tuple[str, ...]:
         """The tensors that belong to no decoder layer: embeddings, final norm, LM head."""
         layers = self.layer_prefix(0)[:-len("0.")]                     # 'model.layers.'

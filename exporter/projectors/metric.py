@@ -113,9 +113,11 @@ def value_metric(w_o: torch.Tensor, cfg) -> torch.Tensor:
     return torch.block_diag(*group_sums(per_head @ per_head.transpose(1, 2), cfg.num_kv_heads))
 
 
-def output_metrics(hf, cfg: DecoderConfig, stats: Statistics, key_mode: str):
+def output_metrics(hf, cfg: DecoderConfig, stats: Statistics, key_mode: str, weights_of=None):
     """metric(layer, 'key' | 'value') -> (covariance, metric), both (kv_dim, kv_dim): the error the output-aware
-    code minimises is tr(metric (I - P) covariance (I - P)^T), what the layer's attention output feels."""
+    code minimises is tr(metric (I - P) covariance (I - P)^T), what the layer's attention output feels.
+    weights_of(i) -> layer i's attention weights (default: read from hf; a LayerStream's load one layer)."""
+    weights_of = weights_of or (lambda i: attention_weights(hf, cfg, i))
     accs, calibration = stats.accumulators, stats.calibration
     pre = key_tap(cfg, key_mode) == "key_pre"
     ropes = (rope_of(hf), local_rope_of(hf)) if pre else None
@@ -124,7 +126,7 @@ def output_metrics(hf, cfg: DecoderConfig, stats: Statistics, key_mode: str):
     def metric(i: int, kind: str):
         if kind == "value":
             cov = attention_output_covariance(accs[(i, "value_mix")], accs[(i, "value")].mean)
-            return cov, value_metric(attention_weights(hf, cfg, i)["o"], cfg)
+            return cov, value_metric(weights_of(i)["o"], cfg)
         queries = accs[(i, "query_pre" if pre else "query_post")].covariance(centered=False)
         rope = layer_rope(cfg, i, *ropes) if pre else None                  # NoPE layers: no rotation to average
         # the frequencies the calibration windows' keys were rotated with (LongRoPE: by the window's length)

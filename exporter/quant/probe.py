@@ -8,7 +8,14 @@ model's next-token distribution from the exact model's on probe text (calibratio
 tokens, never the evaluation file), and divide by the predicted error. The allocation then weighs each
 tensor's components by it, so bits go where they buy the most KL.
 
-Entry point: `measured_sensitivities(hf, decoder, cfg, coded, predicted, windows)`.
+A model bigger than memory (job/streamed.py) is probed layer by layer with the same figures, bit for bit
+(`measured_sensitivities_streamed`): every probe's hidden states go through the layers together, so each layer's
+weights are read once. At layer i the exact states start the probes of layer i's key and value (block i with that
+tensor coded), and every earlier probe passes block i exact; at the end the head scores them all. What it holds:
+(2 L + 1) x the probe windows' hidden states, (probe_tokens, D) each: 44 x 8 MiB for TinyLlama-1.1B's shapes.
+
+Entry points: `measured_sensitivities(hf, decoder, cfg, coded, predicted, windows)`,
+`measured_sensitivities_streamed(stream, coded, predicted, windows)`.
 """
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..codec.linear import Projectors
 from ..eval.perplexity import decoder_logits
-from ..model.fold import build_attention
+from ..model.fold import build_attention, build_block
 
 
 def _logprobs(decoder, ids: list[int]) -> torch.Tensor:
@@ -26,13 +33,20 @@ def _logprobs(decoder, ids: list[int]) -> torch.Tensor:
 
 
 def _kl(decoder, windows, teacher) -> float:
+    return _mean_kl(teacher, [_logprobs(decoder, ids) for ids in windows], windows)
+
+
+def _mean_kl(teacher: list, student: list, windows) -> float:
     total, n = 0.0, 0
-    for ids, p_log in zip(windows, teacher):
-        q_log = _logprobs(decoder, ids)
+    for ids, p_log, q_log in zip(windows, teacher, student):
         total += (p_log.exp() * (p_log - q_log)).sum().item()     # one float32 sum over (T-1, V): the bits
                                                                     # depend on these figures, keep their rounding
         n += len(ids) - 1
     return total / n
+
+
+def _rate(kl: float, predicted: float) -> float:
+    return max(kl, 0.0) / max(predicted, 1e-30)
 
 
 def one_tensor(proj: Projectors, layer: int, kind: str) -> Projectors:
@@ -52,7 +66,66 @@ def measured_sensitivities(hf, decoder, cfg, coded: Projectors, predicted: dict,
             exact = decoder.blocks[i].attn
             decoder.blocks[i].attn = build_attention(hf, cfg, i, one_tensor(coded, i, kind))
             try:
-                out[(i, kind)] = max(_kl(decoder, windows, teacher), 0.0) / max(predicted[(i, kind)], 1e-30)
+                out[(i, kind)] = _rate(_kl(decoder, windows, teacher), predicted[(i, kind)])
             finally:
                 decoder.blocks[i].attn = exact
     return out
+
+
+def measured_sensitivities_streamed(stream, coded: Projectors, predicted: dict, windows) -> dict:
+    """measured_sensitivities of a model/stream.LayerStream, one layer's weights in memory at a time."""
+    from ..model.fold import decoder_shell
+    hf, cfg = stream.hf, stream.cfg
+    tokens = [torch.tensor([ids]) for ids in windows]                                  # (1, T) each
+    with torch.no_grad():
+        with stream.loaded(*stream.input_names()):
+            shell = decoder_shell(hf, cfg, [], head=False).eval()
+        exact = [shell.embed(t, torch.arange(t.shape[1])[None]) for t in tokens]       # (1, T, D) each
+        shell.embeddings = shell.pos_embed = None
+        steps = _Steps(shell, tokens)
+        probes: dict[tuple[int, str], list] = {}      # (layer, kind) -> its hidden states, one per window
+        for i in tqdm(range(cfg.num_layers), desc="probing quantizer sensitivity, layer by layer", unit="layer"):
+            with stream.loaded(stream.layer_prefix(i)):
+                block = build_block(hf, cfg, i).eval()
+                starting = {(i, kind): build_attention(hf, cfg, i, one_tensor(coded, i, kind)).eval()
+                            for kind in ("key", "value") if (i, kind) in predicted}
+            for key in probes:                        # earlier probes: block i exact, with their own steps
+                probes[key] = steps.run(block, i, probes[key], key)
+            exact_attn = block.attn
+            for key, attn in starting.items():        # the probes of layer i's tensors: block i with it coded
+                block.attn = attn
+                probes[key] = steps.run(block, i, exact, key, starts=True)
+            block.attn = exact_attn
+            exact = steps.run(block, i, exact, None, starts=True)
+            del block, starting
+        with stream.loaded(*stream.outside_layers()):
+            head = decoder_shell(hf, cfg, [], head=True).eval()
+        logprobs = lambda states: [torch.log_softmax(head.head(x)[0][1:].float(), -1) for x in states]  # noqa: E731
+        teacher = logprobs(exact)
+        return {key: _rate(_mean_kl(teacher, logprobs(states), windows), predicted[key])
+                for key, states in sorted(probes.items())}
+
+
+class _Steps:
+    """The per-window masks and RoPE angles (Decoder.step) a probe's forward uses: the whole decoder with one
+    coded layer computes them with that layer among its blocks (a pre-RoPE code wants every slot's angles, a
+    quantized one the sink's slots); the exact layers read only what they always do, so their output is the
+    same either way. One set per kind of coded attention, shared by the probes of that kind."""
+
+    def __init__(self, shell, tokens: list):
+        self.shell, self.tokens = shell, tokens
+        self.made: dict = {}               # (needs every position, quantized) -> steps, one per window
+        self.of: dict = {}                 # probe (None: the exact model) -> its key into made
+
+    def run(self, block, i: int, states: list, probe, starts: bool = False) -> list:
+        """Block i on each window's hidden states (1, T, D), with the steps of `probe`; starts: block i is the
+        one that sets them (the probe's coded layer, or any block of the exact model)."""
+        self.shell.blocks = torch.nn.ModuleList([block])
+        if starts:
+            self.of[probe] = (self.shell.needs_all_positions, self.shell.quantized)
+        kind = self.of[probe]
+        if kind not in self.made:
+            self.made[kind] = [self.shell.step(torch.ones_like(t), torch.arange(t.shape[1])[None], t.shape[1],
+                                               torch.float32) for t in self.tokens]
+        empty = self.shell.empty_past(1)
+        return [self.shell.run_block(block, i, x, step, *empty)[0] for x, step in zip(states, self.made[kind])]

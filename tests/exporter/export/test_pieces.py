@@ -9,6 +9,7 @@ import onnx
 import pytest
 
 from exporter.errors import UserError
+from exporter.options import AutoOptions
 from graphs.metadata import load_metadata
 from runtime import Generator
 from tests.helpers import prompts
@@ -52,9 +53,13 @@ def test_tied_embeddings_are_stored_once(tiny_export):
     assert len(tables) == 1
 
 
-@pytest.mark.parametrize("kw,match", [(dict(k="8"), "takes K=full"), (dict(cache="shared-buffer"), "CACHE=concat"),
-                                      (dict(default_export=True), "the default export")])
-def test_what_a_streamed_export_cannot_take_yet_is_refused(kw, match, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("kw,match", [(dict(k="auto", auto=AutoOptions(budget_bytes=64)), "K=auto asked"),
+                                      (dict(k="8", method="trained"), "METHOD=trained asked"),
+                                      (dict(kv_dtype="int8", cache="shared-buffer"), "KV_DTYPE=int8"),
+                                      (dict(cache="shared-buffer"), "CACHE=shared-buffer asked"),
+                                      (dict(dtype="float16"), "DTYPE=float16 asked"),
+                                      (dict(default_export=True), "the default export asked")])
+def test_what_needs_the_whole_model_is_refused_when_streamed(kw, match, tiny_model_dir, tmp_path):
     from exporter.job.run import run_export
     from exporter.options import ExportOptions
     with pytest.raises(UserError, match=match):
