@@ -20,7 +20,7 @@ from graphs.metadata import MODEL_FILE, TOKENIZER_FILE, ExportError, load_metada
 from .cache import KVCache
 from .detokenize import IncrementalDetokenizer
 from .forward import DecoderStep, check_io
-from .memory import return_freed_memory
+from graphs.memory import return_freed_memory
 from .prompts import encode_prompts, left_pad, right_pad
 from .result import GenerationResult, Timings
 from .sampling import sample

@@ -149,6 +149,7 @@ def _tap_for(layer: int, want, sinks: dict):
         if (layer, name) not in sinks:
             sinks[(layer, name)] = x[0, 0].detach().double().clone()
         acc.update(x[0, 1:])
+    tap.wants = lambda name: pick((layer, name)) is not None     # taps that cost work are computed on demand
     return tap
 
 

@@ -100,6 +100,7 @@ def save_streamed(job: ExportJob, out: str, proj) -> ExportMetadata:
     if proj is not None and proj.cache_quant is not None:       # from --projectors: KV_DTYPE is refused before
         raise UserError("these projectors hold an int8 cache's steps (KV_DTYPE), whose fused graph is traced whole: "
                         "a model exported layer by layer takes linear or quantized codes only")
+    job.release_samples()                   # what the design needed; writing model.onnx needs the room
     skeleton = skeleton_with(job.stream, proj)
     meta = export_metadata(job, skeleton, proj)
     meta.extra["streamed"] = "read and exported one layer at a time (exporter/job/streamed.py)"

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 
 import torch
 
+from graphs.memory import return_freed_memory
+
 from ..errors import UserError
 from .config import from_hf
 from .load import check_supported
@@ -102,6 +104,7 @@ class LayerStream:
                 old = getattr(module, attr)
                 setattr(module, attr, torch.nn.Parameter(torch.empty_like(old, device="meta"), requires_grad=False)
                         if isinstance(old, torch.nn.Parameter) else torch.empty_like(old, device="meta"))
+            return_freed_memory()     # the last layer's passes left freed blocks in the heap: back to the system
 
 
 def checkpoint_bytes(path: str) -> int:

@@ -74,7 +74,8 @@ def measured_sensitivities(hf, decoder, cfg, coded: Projectors, predicted: dict,
 
 def measured_sensitivities_streamed(stream, coded: Projectors, predicted: dict, windows) -> dict:
     """measured_sensitivities of a model/stream.LayerStream, one layer's weights in memory at a time."""
-    from ..model.fold import decoder_shell
+    from ..model.decoder import lm_head
+    from ..model.fold import decoder_shell, final_norm
     hf, cfg = stream.hf, stream.cfg
     tokens = [torch.tensor([ids]) for ids in windows]                                  # (1, T) each
     with torch.no_grad():
@@ -98,9 +99,11 @@ def measured_sensitivities_streamed(stream, coded: Projectors, predicted: dict, 
             block.attn = exact_attn
             exact = steps.run(block, i, exact, None, starts=True)
             del block, starting
-        with stream.loaded(*stream.outside_layers()):
-            head = decoder_shell(hf, cfg, [], head=True).eval()
-        logprobs = lambda states: [torch.log_softmax(head.head(x)[0][1:].float(), -1) for x in states]  # noqa: E731
+        with stream.loaded(*stream.head_names()):      # Decoder.head's arithmetic without the input table
+            norm = final_norm(hf, cfg)
+            head_t = stream.output_embedding().detach().T.contiguous()                 # (D, V), as Embeddings
+        logits = lambda x: lm_head(x, None, norm, lambda h: h @ head_t)[0][1:]         # noqa: E731  (T-1, V)
+        logprobs = lambda states: [torch.log_softmax(logits(x).float(), -1) for x in states]  # noqa: E731
         teacher = logprobs(exact)
         return {key: _rate(_mean_kl(teacher, logprobs(states), windows), predicted[key])
                 for key, states in sorted(probes.items())}
