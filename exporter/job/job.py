@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ..calib.capture import key_tap
-from ..calib.statistics import Statistics, calibration_samples, kv_statistics
+from ..calib.statistics import SpilledSamples, Statistics, calibration_samples, kv_statistics
 from ..calib.tokens import sink_token_id
 from ..model.config import DecoderConfig, from_hf
 from ..model.decoder import Decoder
@@ -116,7 +116,8 @@ class ExportJob:
             return None
         if key_mode not in self._samples:
             tap_of = self.tap_of(key_mode)
-            self._samples[key_mode] = calibration_samples(self.capture_source, self.tokenizer, self.config, o.calib,
-                                                          o.quant.fit_tokens, o.window, self.sink,
-                                                          (tap_of("key"), tap_of("value")))
+            samples = calibration_samples(self.capture_source, self.tokenizer, self.config, o.calib,
+                                          o.quant.fit_tokens, o.window, self.sink, (tap_of("key"), tap_of("value")))
+            # a model bigger than memory: on disk between uses, out of the probes' way
+            self._samples[key_mode] = SpilledSamples(samples) if self.stream is not None else samples
         return self._samples[key_mode]

@@ -11,13 +11,17 @@ tensor's components by it, so bits go where they buy the most KL.
 A model bigger than memory (job/streamed.py) is probed layer by layer with the same figures, bit for bit
 (`measured_sensitivities_streamed`): every probe's hidden states go through the layers together, so each layer's
 weights are read once. At layer i the exact states start the probes of layer i's key and value (block i with that
-tensor coded), and every earlier probe passes block i exact; at the end the head scores them all. What it holds:
-(2 L + 1) x the probe windows' hidden states, (probe_tokens, D) each: 44 x 8 MiB for TinyLlama-1.1B's shapes.
+tensor coded), and every earlier probe passes block i exact; at the end the head scores them all. Between layers each
+probe's hidden states, (probe_tokens, D) each, wait in a file (44 x 8 MiB for TinyLlama-1.1B's shapes).
 
 Entry points: `measured_sensitivities(hf, decoder, cfg, coded, predicted, windows)`,
 `measured_sensitivities_streamed(stream, coded, predicted, windows)`.
 """
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
 
 import torch
 from tqdm.auto import tqdm
@@ -84,29 +88,60 @@ def measured_sensitivities_streamed(stream, coded: Projectors, predicted: dict, 
         exact = [shell.embed(t, torch.arange(t.shape[1])[None]) for t in tokens]       # (1, T, D) each
         shell.embeddings = shell.pos_embed = None
         steps = _Steps(shell, tokens)
-        probes: dict[tuple[int, str], list] = {}      # (layer, kind) -> its hidden states, one per window
-        for i in tqdm(range(cfg.num_layers), desc="probing quantizer sensitivity, layer by layer", unit="layer"):
-            with stream.loaded(stream.layer_prefix(i)):
-                block = build_block(hf, cfg, i).eval()
-                starting = {(i, kind): build_attention(hf, cfg, i, one_tensor(coded, i, kind)).eval()
-                            for kind in ("key", "value") if (i, kind) in predicted}
-            for key in probes:                        # earlier probes: block i exact, with their own steps
-                probes[key] = steps.run(block, i, probes[key], key)
-            exact_attn = block.attn
-            for key, attn in starting.items():        # the probes of layer i's tensors: block i with it coded
-                block.attn = attn
-                probes[key] = steps.run(block, i, exact, key, starts=True)
-            block.attn = exact_attn
-            exact = steps.run(block, i, exact, None, starts=True)
-            del block, starting
-        with stream.loaded(*stream.head_names()):      # Decoder.head's arithmetic without the input table
-            norm = final_norm(hf, cfg)
-            head_t = stream.output_embedding().detach().T.contiguous()                 # (D, V), as Embeddings
-        logits = lambda x: lm_head(x, None, norm, lambda h: h @ head_t)[0][1:]         # noqa: E731  (T-1, V)
-        logprobs = lambda states: [torch.log_softmax(logits(x).float(), -1) for x in states]  # noqa: E731
-        teacher = logprobs(exact)
-        return {key: _rate(_mean_kl(teacher, logprobs(states), windows), predicted[key])
-                for key, states in sorted(probes.items())}
+        probes = _Spilled(tempfile.mkdtemp(prefix="probes-"))   # (layer, kind) -> its hidden states, on disk
+        try:
+            for i in tqdm(range(cfg.num_layers), desc="probing quantizer sensitivity, layer by layer", unit="layer"):
+                with stream.loaded(stream.layer_prefix(i)):
+                    block = build_block(hf, cfg, i).eval()
+                    starting = {(i, kind): build_attention(hf, cfg, i, one_tensor(coded, i, kind)).eval()
+                                for kind in ("key", "value") if (i, kind) in predicted}
+                for key in probes.keys():                 # earlier probes: block i exact, with their own steps
+                    probes.put(key, steps.run(block, i, probes.get(key), key))
+                exact_attn = block.attn
+                for key, attn in starting.items():        # the probes of layer i's tensors: block i with it coded
+                    block.attn = attn
+                    probes.put(key, steps.run(block, i, exact, key, starts=True))
+                block.attn = exact_attn
+                exact = steps.run(block, i, exact, None, starts=True)
+                del block, starting
+            with stream.loaded(*stream.head_names()):      # Decoder.head's arithmetic without the input table
+                norm = final_norm(hf, cfg)
+                head_t = stream.output_embedding().detach().T.contiguous()             # (D, V), as Embeddings
+            logits = lambda x: lm_head(x, None, norm, lambda h: h @ head_t)[0][1:]     # noqa: E731  (T-1, V)
+            logprobs = lambda states: [torch.log_softmax(logits(x).float(), -1) for x in states]  # noqa: E731
+            teacher = logprobs(exact)
+            return {key: _rate(_mean_kl(teacher, logprobs(probes.get(key)), windows), predicted[key])
+                    for key in sorted(probes.keys())}
+        finally:
+            shutil.rmtree(probes.directory, ignore_errors=True)
+
+
+class _Spilled:
+    """Each probe's hidden states in a file of their own between layers (safetensors, exact float32 bytes): in
+    memory only while their block runs, so the probes' states (2 L x probe tokens x D x 4 bytes: 0.37 GiB for
+    TinyLlama-1.1B's shapes) do not add to the export's peak."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.files: dict = {}
+        self.layouts: dict = {}        # key -> (size, stride) of each window's tensor, as the block left it
+
+    def keys(self) -> list:
+        return list(self.files)
+
+    def put(self, key, states: list) -> None:
+        from safetensors.torch import save_file
+        self.files[key] = os.path.join(self.directory, f"{key[0]}.{key[1]}.safetensors")
+        self.layouts[key] = [(x.size(), x.stride()) for x in states]
+        save_file({str(w): x.contiguous() for w, x in enumerate(states)}, self.files[key])
+
+    def get(self, key) -> list:
+        from safetensors.torch import load_file
+        tensors = load_file(self.files[key])
+        # back in the strides the block left them in: the next block's kernels take another path on a
+        # contiguous copy, and their last bits differ (the probes must match the whole model's exactly)
+        return [torch.empty_strided(size, stride).copy_(tensors[str(w)])
+                for w, (size, stride) in enumerate(self.layouts[key])]
 
 
 class _Steps:
