@@ -53,7 +53,8 @@ def main(argv=None) -> int:
                         "and masks to the window (what onnxruntime-genai and the fused op's shared buffer take)")
     p.add_argument("--stream", default=None, action=argparse.BooleanOptionalAction,
                    help="read and export the model one layer at a time, weights in model.onnx.data (default: when "
-                        "a local safetensors model's float32 weights pass 2 GiB; K=full for now)")
+                        "a local safetensors model's float32 weights pass 2 GiB; K=auto, METHOD=trained and KV_DTYPE need the "
+                        "whole model)")
     p.add_argument("--method", default=None, choices=METHODS,
                    help="pca: plain PCA; output-aware: PCA in the metric of attention scores and the output "
                         "projection; trained: output-aware, then fine-tuned on the calibration text "

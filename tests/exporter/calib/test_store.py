@@ -1,6 +1,7 @@
 """The one statistics format: any accumulator with state()/from_state(), sinks and counts survive the file."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from exporter.calib.capture import Covariance
@@ -48,3 +49,15 @@ def test_query_moments_are_kept_as_per_head_blocks_and_survive_the_file(tmp_path
     back = load_statistics(path)[0][(0, "query_pre")]
     assert isinstance(back, HeadCovariance)
     assert all(torch.equal(back.covariance(c), blocks.covariance(c)) for c in (False, True))
+
+
+def test_spilled_samples_read_back_the_same_tensors():
+    """calib/statistics.SpilledSamples: what a streamed export keeps on disk reads back equal, key by key."""
+    import torch
+    from exporter.calib.statistics import SpilledSamples
+    samples = {(0, "key_pre"): torch.randn(50, 8, dtype=torch.float64), (3, "value"): torch.randn(7, 4).double()}
+    spilled = SpilledSamples(samples)
+    assert list(spilled) == list(samples) and len(spilled) == 2
+    assert all(torch.equal(spilled[k], v) for k, v in samples.items())
+    with pytest.raises(KeyError):
+        spilled[(1, "value")]

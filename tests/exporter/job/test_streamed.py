@@ -52,5 +52,6 @@ def test_a_streamed_calibrated_export_is_the_whole_model_export(arch, setting, t
     feed = (ids, np.ones(ids.shape), np.arange(ids.shape[1])[None].repeat(2, 0))
     (a, past_a), (b, past_b) = ours(*feed, ours.empty_past(2)), theirs(*feed, theirs.empty_past(2))
     assert np.array_equal(a, b) and all(np.array_equal(p, q) for p, q in zip(past_a, past_b))
-    results, end_to_end, greedy = check_layers(streamed, progress=False)
-    assert all(r.passed for r in results) and end_to_end <= 1e-4 and greedy
+    results, end_to_end = check_layers(streamed, progress=False)
+    assert all(r.passed for r in results) and end_to_end.passed
+    assert (end_to_end.kl_cost is not None) == ("quant" in SETTINGS[setting])    # codes: held to the KL bound

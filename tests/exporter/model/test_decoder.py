@@ -60,3 +60,18 @@ def test_folding_a_full_rank_orthonormal_code_changes_nothing(arch, mode, tiny_m
         b = folded(*args, *folded.empty_past(1))[0]
         assert folded(*args, *folded.empty_past(1))[1].shape == (1, 1, 30, dim)     # a latent cache
     assert (a - b).abs().max().item() <= 1e-4 * a.abs().max().item()
+
+
+def test_softmax_outside_the_graph_is_the_plain_form_bit_for_bit():
+    """Attention._probabilities: in place and 256 query rows at a time under no_grad (calibration's memory),
+    the plain softmax(scores * scale + mask) with autograd; the same numbers either way."""
+    from exporter.model.attention import Attention
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(1, 9, 600, 900, generator=g) * 5
+    mask = torch.triu(torch.full((600, 900), float("-inf")), diagonal=301)[None, None]   # causal, 300 past
+    attn = Attention.__new__(Attention)
+    attn.scale = 0.125
+    plain = Attention._probabilities(attn, scores.clone().requires_grad_(), mask)
+    with torch.no_grad():
+        in_place = Attention._probabilities(attn, scores.clone(), mask)
+    assert torch.equal(plain.detach(), in_place)

@@ -39,3 +39,4 @@ def test_streaming_reads_safetensors_directories_only(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(UserError):
         LayerStream(str(tmp_path))
+
