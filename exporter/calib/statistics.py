@@ -2,8 +2,9 @@
 queries and what attention makes of the values, and the sink's own vectors; cached on disk by what they depend on.
 
 Entry points: `kv_statistics(...)` -> Statistics; `calibration_samples(...)` (the vectors themselves, for fits
-that need samples rather than moments: the quantizer's static scales), `SpilledSamples` (the same, on disk). Both read a model as the compact decoder
-or, for a model bigger than memory, as a LayerStream one layer at a time (calib/capture.capture_from).
+that need samples rather than moments: the quantizer's static scales), `SpilledSamples` (the same, on disk).
+Both read a model as the compact decoder or, for a model bigger than memory, as a LayerStream one layer at a
+time (calib/capture.capture_from).
 """
 from __future__ import annotations
 
