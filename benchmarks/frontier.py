@@ -12,9 +12,9 @@ K= QUANT= QUANT_SCALES=` (and `--quant-weights`, `--quant-sensitivity`) builds (
 calibration; SCALES may be KEY-VALUE, e.g. static-token), each at every ratio of --ratios (times fewer bytes
 than the float16 cache, scale bytes counted); their bytes are the packed uint8 cache's. --float-windows screens
 KIVI's residual on each of them (model/attention.py float_window: a query reads its last W latents exact, the
-older ones decoded; PyTorch only, not exported): the W float16 latents of every layer are counted at
---window-context tokens, W x (sum of ranks) x 2 / context bytes a token, on top of the codes (so pick --ratios
-for the codes that make the total the one wanted: 1 / (1/total - W/context) with K=full).
+older ones decoded), switched on after a codec fitted without it: the W-1 float16 latents of every layer the
+graph keeps are counted at --window-context tokens, (W-1) x (sum of ranks) x 2 / context bytes a token, on top of
+the codes. `make export QUANT_WINDOW=W` fits the codec with the window in place, within the ratio as a whole.
 
 Ranks are K_KEY/K_VALUE ('full' allowed). Perplexity follows the shared/data convention (WikiText-2 test,
 windows of 2048 after the sink, 32,768 tokens scored by default) and is computed with the PyTorch reference
@@ -102,7 +102,7 @@ class Frontier:
         for w in [int(x) for x in self.a.float_windows.split(",")]:
             for blk in dec.blocks:
                 blk.attn.float_window = w
-            window_bytes = w * ranks * FP16 / self.a.window_context
+            window_bytes = max(w - 1, 0) * ranks * FP16 / self.a.window_context   # the graph keeps W-1 tokens
             label = f"{spec} {mode} {ratio:g}x" + (f" + float window {w}" if w else "")
             self.add(label, spec, mode, nll(dec, self.windows), codes + window_bytes,
                      {"codes_bytes_per_token": codes, "float_window": w, "window_bytes_per_token": window_bytes})

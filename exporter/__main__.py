@@ -99,6 +99,11 @@ def main(argv=None) -> int:
     p.add_argument("--quant-sensitivity", default=q.sensitivity, choices=("measured", "none"),
                    help="spectral bits: weigh each tensor by its KL per unit of error, probed one tensor at a time on "
                         "calibration text (measured), or not (none)")
+    p.add_argument("--quant-window", type=int, default=q.float_window,
+                   help="a float window: the exact latents of the newest W-1 tokens in float16 beside the codes, so "
+                        "a query reads its last W tokens exact (KIVI's residual); 0: none")
+    p.add_argument("--quant-window-context", type=int, default=q.window_context,
+                   help="the context length the window's bytes are counted over in --quant-ratio")
     p.add_argument("--trust-remote-code", action="store_true")
     return cli_exit(export, p.parse_args(argv))
 
@@ -131,7 +136,8 @@ def options_from(a: argparse.Namespace) -> ExportOptions:
                                             seed=a.seed),
                          quant=QuantOptions(allocation=a.quant, ratio=a.quant_ratio, key_scales=key_scales,
                                             value_scales=value_scales or key_scales, group=a.quant_group,
-                                            weights=a.quant_weights, sensitivity=a.quant_sensitivity))
+                                            weights=a.quant_weights, sensitivity=a.quant_sensitivity,
+                                            float_window=a.quant_window, window_context=a.quant_window_context))
     return with_default_export(opts, given)
 
 

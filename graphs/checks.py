@@ -38,8 +38,9 @@ def check_contract(model: onnx.ModelProto, layout: C.CacheLayout) -> None:
             if isinstance(dims[0], int) or isinstance(dims[2], int):
                 raise ExportError(f"{name} has static batch/sequence axes {dims}; they must be dynamic")
     n_kv_inputs = sum(1 for n in inputs if n.startswith("past_key_values."))
-    if n_kv_inputs != 2 * layout.num_layers:
-        raise ExportError(f"graph has {n_kv_inputs} past inputs, metadata says {2 * layout.num_layers}")
+    expected = len(list(layout.names()))         # key and value per layer, and any float windows
+    if n_kv_inputs != expected:
+        raise ExportError(f"graph has {n_kv_inputs} past inputs, metadata says {expected}")
 
 
 def check_model(path: str) -> None:

@@ -15,6 +15,11 @@ A windowed layer (sliding-window attention, window W: a token sees itself and th
 only what the next token can see: its present holds the last min(past+seq, W-1) tokens, and its past is the
 previous step's present, so its seq axis differs from the other layers' and from attention_mask's; the graph
 reads the mask's last past+seq columns for it.
+A float window (KIVI's residual, quantized caches only: export.json "float_window" W) adds per quantized
+latent cache past_key_values.{i}.key_window / .value_window [batch, 1, min(past, W-1), r] float16: the exact
+latents of the last W-1 tokens beside their codes, so a query reads its last W tokens (itself included) exact.
+Like a windowed layer it stops growing when full; its bytes count at the context a figure is quoted for
+(`bytes_per_token_at`).
 The names are those optimum and onnxruntime-genai use, so other runtimes can drive the graph.
 
 Two variants of the cache update (export.json "cache_update"):
@@ -41,10 +46,12 @@ CACHE_DTYPE_BYTES = {**DTYPE_BYTES, "uint8": 1, "int8": 1}     # quantized cache
                                                                # int8 codes onnxruntime's fused attention reads
 CODE_DTYPES = ("uint8", "int8")
 CACHE_UPDATES = ("concat", "shared-buffer")
+WINDOW_KINDS = {"key": "key_window", "value": "value_window"}   # a quantized cache's float window, by the codes' kind
+WINDOW_DTYPE = "float16"
 
 
 def past_name(layer: int, kind: str) -> str:
-    """Name of the cache input of one layer; kind is 'key' or 'value'."""
+    """Name of the cache input of one layer; kind is 'key', 'value', 'key_window' or 'value_window'."""
     return f"past_key_values.{layer}.{kind}"
 
 
@@ -72,17 +79,37 @@ class CacheShape:
 
 @dataclass(frozen=True)
 class CacheLayout:
-    """Cache shapes of every layer, keys and values; the single description of what the graph stores."""
+    """Cache shapes of every layer, keys and values; the single description of what the graph stores.
+    key_windows / value_windows: per layer the float window beside quantized codes (CacheShape, window = W), or
+    None; empty without one."""
     keys: tuple[CacheShape, ...]
     values: tuple[CacheShape, ...]
     dtype: str = "float32"
+    key_windows: tuple = ()
+    value_windows: tuple = ()
 
     @property
     def num_layers(self) -> int:
         return len(self.keys)
 
     def shape(self, layer: int, kind: str) -> CacheShape:
-        return (self.keys if kind == "key" else self.values)[layer]
+        return {"key": self.keys, "value": self.values, "key_window": self.key_windows,
+                "value_window": self.value_windows}[kind][layer]
+
+    def kinds(self, layer: int) -> tuple[str, ...]:
+        """The cache tensors of one layer, in graph order: key, value, then its float windows if any."""
+        windows = tuple(WINDOW_KINDS[k] for k, w in (("key", self.key_windows), ("value", self.value_windows))
+                        if w and w[layer] is not None)
+        return ("key", "value") + windows
+
+    def all_shapes(self) -> list[CacheShape]:
+        """Every cache tensor's shape, float windows included."""
+        return [self.shape(i, kind) for i in range(self.num_layers) for kind in self.kinds(i)]
+
+    @property
+    def float_window(self) -> int:
+        """W of the float windows (0: none)."""
+        return max([s.window for s in self.key_windows + self.value_windows if s is not None] or [0])
 
     def dtype_of(self, shape: CacheShape) -> str:
         return shape.dtype or self.dtype
@@ -94,17 +121,22 @@ class CacheLayout:
     def names(self):
         """(layer, kind, past name, present name) for every cache tensor, in graph order."""
         for i in range(self.num_layers):
-            for kind in ("key", "value"):
+            for kind in self.kinds(i):
                 yield i, kind, past_name(i, kind), present_name(i, kind)
 
     def to_json(self) -> dict:
-        shape = lambda s: {k: v for k, v in asdict(s).items() if v is not None}
-        return {"dtype": self.dtype, "keys": [shape(s) for s in self.keys], "values": [shape(s) for s in self.values]}
+        shape = lambda s: None if s is None else {k: v for k, v in asdict(s).items() if v is not None}
+        out = {"dtype": self.dtype, "keys": [shape(s) for s in self.keys], "values": [shape(s) for s in self.values]}
+        if self.key_windows or self.value_windows:
+            out.update(key_windows=[shape(s) for s in self.key_windows],
+                       value_windows=[shape(s) for s in self.value_windows])
+        return out
 
     @classmethod
     def from_json(cls, d: dict) -> "CacheLayout":
-        return cls(tuple(CacheShape(**s) for s in d["keys"]),
-                   tuple(CacheShape(**s) for s in d["values"]), d.get("dtype", "float32"))
+        shapes = lambda key: tuple(None if s is None else CacheShape(**s) for s in d.get(key, ()))
+        return cls(shapes("keys"), shapes("values"), d.get("dtype", "float32"), shapes("key_windows"),
+                   shapes("value_windows"))
 
     @classmethod
     def uniform(cls, num_layers: int, key: CacheShape, value: CacheShape, dtype: str = "float32"):
@@ -113,8 +145,8 @@ class CacheLayout:
 
 def kv_bytes_per_token(layout: CacheLayout, extra_bytes_per_token: int = 0) -> int:
     """Bytes the cache grows by per token, all layers, keys and values: the one source of every KV-size figure.
-    Windowed layers stop growing once their window is full, so the figure is the growth beyond every window
-    (`kv_bytes` counts what they hold before that).
+    Windowed layers and float windows stop growing once full, so the figure is the growth beyond every window
+    (`kv_bytes` counts what they hold, `bytes_per_token_at` spreads it over a context).
 
     extra_bytes_per_token is for codecs that store side information per token outside the cache tensors (a
     quantized cache keeps its token scales inside its uint8 tensors, so they are counted by width).
@@ -125,7 +157,8 @@ def kv_bytes_per_token(layout: CacheLayout, extra_bytes_per_token: int = 0) -> i
 
 def cached_token_bytes(layout: CacheLayout) -> int:
     """Bytes one token takes in every cache that holds it, windowed layers included: what a code's ratio
-    against another is about (equal to kv_bytes_per_token without windows)."""
+    against another is about (equal to kv_bytes_per_token without windows; a float window's second copy of the
+    newest tokens is not a token's cost: bytes_per_token_at spreads it over a context)."""
     return sum(token_bytes(layout, s) for s in layout.keys + layout.values)
 
 
@@ -135,5 +168,12 @@ def token_bytes(layout: CacheLayout, shape: CacheShape) -> int:
 
 
 def kv_bytes(layout: CacheLayout, tokens: int, batch: int = 1) -> int:
-    """Bytes of the whole cache for a batch of sequences of `tokens` tokens (windowed layers: their window's)."""
-    return sum(token_bytes(layout, s) * s.tokens_held(tokens) for s in layout.keys + layout.values) * batch
+    """Bytes of the whole cache for a batch of sequences of `tokens` tokens (windowed layers: their window's;
+    float windows included)."""
+    return sum(token_bytes(layout, s) * s.tokens_held(tokens) for s in layout.all_shapes()) * batch
+
+
+def bytes_per_token_at(layout: CacheLayout, tokens: int) -> float:
+    """The whole cache of one sequence of `tokens` tokens over its tokens: what a figure quoted at a context
+    length counts, every window's bytes included."""
+    return kv_bytes(layout, tokens) / tokens

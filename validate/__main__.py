@@ -12,10 +12,10 @@ from exporter.errors import UserError
 from exporter.eval.perplexity import measure
 from exporter.options import DEFAULT_EVAL
 from exporter.quant.rate_distortion import rate_distortion_table
-from graphs.contract import CacheLayout, CacheShape, kv_bytes_per_token
+from graphs.contract import CacheLayout, CacheShape, kv_bytes, kv_bytes_per_token
 from graphs.metadata import ExportError, ExportMetadata, load_metadata
 from .export_files import check_export_files
-from .kv_bytes import measured_bytes_per_token
+from .kv_bytes import measured_bytes_at, measured_bytes_per_token
 from .ort_model import OrtModel
 from .parity import check_parity, hf_original, parity_prompts
 from .reference import load_references
@@ -76,6 +76,7 @@ def main(argv=None) -> int:
         measured = measured_bytes_per_token(ort_model)
         print(f"KV bytes per token: {measured} measured from the ONNX outputs, {meta.kv_bytes_per_token} estimated"
               f" -> {'equal' if measured == meta.kv_bytes_per_token else 'DIFFERENT'}")
+        at_context = window_bytes_at(ort_model, meta, export)
         m = meta.model
         original = CacheLayout(*(tuple(CacheShape(m["num_kv_heads"], m["head_dim"], None, s.window) for s in shapes)
                                  for shapes in (meta.layout.keys, meta.layout.values)))  # same sliding windows
@@ -86,7 +87,8 @@ def main(argv=None) -> int:
                   "kv": {"original_fp32": kv_bytes_per_token(original),
                          "original_fp16": kv_bytes_per_token(CacheLayout(original.keys, original.values, "float16")),
                          "export": meta.kv_bytes_per_token, "measured": measured,
-                         "dtype": f"{meta.layout.keys[0].dtype} codes" if meta.layout.quantized else meta.layout.dtype}}
+                         "dtype": f"{meta.layout.keys[0].dtype} codes" if meta.layout.quantized else meta.layout.dtype,
+                         **at_context}}
         window = min(a.window, meta.model["max_positions"] - (sink is not None))       # GPT-2 stops at 1024
         proj = load_projectors(os.path.join(export, "projectors")) if meta.layout.quantized else None
         if proj is not None and proj.info.get("quant"):     # packed codes of latents: their rate-distortion table
@@ -113,7 +115,8 @@ def main(argv=None) -> int:
     if not parity.passed:
         print("parity FAILED", file=sys.stderr)
         return 1
-    if report["kv"]["measured"] != report["kv"]["export"]:
+    if report["kv"]["measured"] != report["kv"]["export"] or \
+            report["kv"].get("context_bytes_measured") != report["kv"].get("context_bytes_estimated"):
         print("the graph's cache grows by other bytes than its metadata says", file=sys.stderr)
         return 1
     if report.get("budget") and not report["budget"]["passed"]:
@@ -121,6 +124,20 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 3
     return 0
+
+
+def window_bytes_at(ort_model, meta, export: str) -> dict:
+    """A float window's export: the whole cache at the context its ratio is quoted for, measured on the outputs and
+    estimated from the layout ({} without a window: then the growth per token is the whole figure)."""
+    if not meta.layout.float_window:
+        return {}
+    proj = load_projectors(os.path.join(export, "projectors"))
+    context = proj.info["quant"]["window_context"]
+    measured, estimated = measured_bytes_at(ort_model, context), kv_bytes(meta.layout, context)
+    print(f"KV bytes at {context} tokens with the float window of {meta.layout.float_window}: {measured / context:.1f} "
+          f"per token measured, {estimated / context:.1f} estimated -> {'equal' if measured == estimated else 'DIFFERENT'}")
+    return {"context": context, "context_bytes_measured": measured, "context_bytes_estimated": estimated,
+            "per_token_at_context": measured / context, "float_window": meta.layout.float_window}
 
 
 if __name__ == "__main__":

@@ -125,22 +125,24 @@ def check_layers(export_dir: str, model_dir: str | None = None, tokens: int = 32
                 block = build_block(stream.hf, cfg, i, proj).eval()
             shell.blocks = torch.nn.ModuleList([block])     # the step of this block (pre-RoPE angles, sink slots)
             session = _session(layer_graph(model, i, export_dir))
-            (_, _, past_k, _), (_, _, past_v, _) = names[2 * i], names[2 * i + 1]
+            pasts = [n[2] for n in names if n[0] == i]      # key, value, float windows
+            kinds = ["hidden"] + list(meta.layout.kinds(i))   # the order of run_block's outputs, flattened
             empty = shell.empty_past(1)                     # (1, heads, 0, size) each, in the cache's dtype
             step = shell.step(mask[:, :T], pos[:, :T], T, x.dtype)
-            prefill = shell.run_block(block, i, x[:, :T], step, *empty)         # hidden (1, T, D), present k, v
+            hidden, presents = shell.run_block(block, i, x[:, :T], step, empty)   # (1, T, D), the presents
+            prefill = [hidden, *presents]
             feed = {hidden_name(i): x[:, :T].numpy(), C.ATTENTION_MASK: mask[:, :T].numpy(),
-                    C.POSITION_IDS: pos[:, :T].numpy(), past_k: empty[0].numpy(), past_v: empty[1].numpy()}
+                    C.POSITION_IDS: pos[:, :T].numpy(), **{n: t.numpy() for n, t in zip(pasts, empty)}}
             taken = {n.name for n in session.get_inputs()}      # GPT-2's layers take no position_ids
             out_names = [o.name for o in session.get_outputs()]
             got = session.run(out_names, {k: v for k, v in feed.items() if k in taken})
-            order = lambda outs: [outs[KINDS.index(kind_of(n))] for n in out_names]  # noqa: E731
+            order = lambda outs: [outs[kinds.index(kind_of(n))] for n in out_names]  # noqa: E731
             pre = _relative(got, order(prefill))
             step = shell.step(mask, pos[:, T:], 1, x.dtype)
-            decode = shell.run_block(block, i, x[:, T:], step, prefill[1], prefill[2])
+            hidden, presents = shell.run_block(block, i, x[:, T:], step, presents)
+            decode = [hidden, *presents]
             feed.update({hidden_name(i): x[:, T:].numpy(), C.ATTENTION_MASK: mask.numpy(),
-                         C.POSITION_IDS: pos[:, T:].numpy(), past_k: prefill[1].numpy(),
-                         past_v: prefill[2].numpy()})
+                         C.POSITION_IDS: pos[:, T:].numpy(), **{n: t.numpy() for n, t in zip(pasts, prefill[1:])}})
             dec = _relative(session.run(out_names, {k: v for k, v in feed.items() if k in taken}), order(decode))
             results.append(LayerResult(i, pre, dec))
             if progress:
@@ -153,7 +155,7 @@ def check_layers(export_dir: str, model_dir: str | None = None, tokens: int = 32
                     exact = build_block(stream.hf, cfg, i).eval()
                 shell.blocks = torch.nn.ModuleList([exact])
                 original = shell.run_block(exact, i, original, shell.step(mask, pos, T + 1, x.dtype),
-                                           *shell.empty_past(1))[0]
+                                           shell.empty_past(1))[0]
                 del exact
         with stream.loaded(*stream.outside_layers()):
             head = decoder_shell(stream.hf, cfg, [], head=True).eval()
@@ -192,9 +194,6 @@ class EndToEnd:
             said += (f", KL {self.kl:.2e} against the quantization's own {self.kl_cost:.2e} "
                      f"(at most {QUANTIZED_KL_FRACTION:g} of it)")
         return said
-
-
-KINDS = ("hidden", "key", "value")          # the order of run_block's outputs
 
 
 def kind_of(output_name: str) -> str:

@@ -49,6 +49,12 @@ def markdown(r: dict) -> str:
               f"Against the fp16 cache: {kv['original_fp16'] / kv['export']:.2f}x fewer bytes. Measured from the ONNX "
               f"outputs (growth of the present tensors over one step): {kv.get('measured', 'not measured')} bytes "
               "per token.", ""]
+    if kv.get("float_window"):
+        lines += [f"With the float window of {kv['float_window']} tokens (exact float16 latents of the newest "
+                  f"{kv['float_window'] - 1} beside the codes), the whole cache at {kv['context']} tokens: "
+                  f"{kv['per_token_at_context']:.1f} bytes per token measured on the outputs "
+                  f"({kv['context_bytes_measured']} in all; estimated {kv['context_bytes_estimated']}), "
+                  f"{kv['original_fp16'] / kv['per_token_at_context']:.2f}x fewer than the fp16 cache.", ""]
     if r.get("rate_distortion"):
         lines += ["## Quantized cache against the rate-distortion limit", "",
                   "Per tensor: stored bits per token (codes and scales), its total variance, the squared error "

@@ -182,6 +182,6 @@ def capture_streamed(stream, windows: Iterable[list[int]], want, desc: str = "ca
             block.attn.tap = _tap_for(i, want, sinks)
             empty = torch.zeros(1, block.attn.G, 0, block.attn.d)          # (1, G, 0, d): no past
             for w, step in enumerate(steps):
-                hidden[w], _, _ = shell.run_block(block, i, hidden[w], step, empty, empty)
+                hidden[w], _ = shell.run_block(block, i, hidden[w], step, (empty, empty))
             del block
     return sinks

@@ -158,7 +158,7 @@ class LayerStage:
             step = self.shell.step(torch.ones(1, T, dtype=torch.long), pos, T, torch.float32)
             for i, block in self.blocks.items():
                 empty = torch.zeros(1, block.attn.G, 0, block.attn.d)          # (1, G, 0, d): no past
-                x, _, _ = self.shell.run_block(block, i, x, step, empty, empty)
+                x, _ = self.shell.run_block(block, i, x, step, (empty, empty))
         return None if self.last else x
 
     def statistics(self):

@@ -36,9 +36,17 @@ def layout_of(decoder, dtype: str = "float32") -> C.CacheLayout:
         if a.cache_scales is not None:
             return C.CacheShape(a.G, a.d, "int8", window)              # the fused op's codes (codec/cache_quant.py)
         return C.CacheShape(1, rank, None, window) if rank else C.CacheShape(a.G, a.d, None, window)
-    keys = tuple(shape(b.attn.key_rank, b.attn.key_quant, b.attn) for b in decoder.blocks)
-    values = tuple(shape(b.attn.value_rank, b.attn.value_quant, b.attn) for b in decoder.blocks)
-    return C.CacheLayout(keys, values, dtype)
+    def float_window(rank, quant, a):                                  # exact latents beside the codes
+        return C.CacheShape(1, rank, C.WINDOW_DTYPE, a.float_window) if a.float_window and quant is not None \
+            else None
+    attns = [b.attn for b in decoder.blocks]
+    keys = tuple(shape(a.key_rank, a.key_quant, a) for a in attns)
+    values = tuple(shape(a.value_rank, a.value_quant, a) for a in attns)
+    key_windows = tuple(float_window(a.key_rank, a.key_quant, a) for a in attns)
+    value_windows = tuple(float_window(a.value_rank, a.value_quant, a) for a in attns)
+    if not any(key_windows + value_windows):
+        key_windows = value_windows = ()
+    return C.CacheLayout(keys, values, dtype, key_windows, value_windows)
 
 
 def _example_inputs(decoder, layout: C.CacheLayout, batch=2, new=3, past=2):
@@ -51,12 +59,14 @@ def _example_inputs(decoder, layout: C.CacheLayout, batch=2, new=3, past=2):
 
 
 def example_cache(layout: C.CacheLayout, s: C.CacheShape, g: torch.Generator, batch: int, past: int):
-    """A random past of one cache tensor, in its dtype: packed codes, int8 codes or floats."""
+    """A random past of one cache tensor, in its dtype: packed codes, int8 codes or floats (a float16 window)."""
     size = (batch, s.kv_heads, past, s.head_size)
     if layout.dtype_of(s) == "uint8":
         return torch.randint(0, 256, size, generator=g, dtype=torch.uint8)
     if layout.dtype_of(s) == "int8":
         return torch.randint(-128, 128, size, generator=g, dtype=torch.int8)
+    if s.dtype == C.WINDOW_DTYPE:
+        return torch.randn(*size, generator=g).to(torch.float16)
     return torch.randn(*size, generator=g)
 
 

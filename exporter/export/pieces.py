@@ -61,9 +61,11 @@ class _LayerPiece(torch.nn.Module):
         self.block, self.i = block, i
         object.__setattr__(self, "shell", shell)
 
-    def forward(self, hidden, attention_mask, position_ids, past_k, past_v):
+    def forward(self, hidden, attention_mask, position_ids, *past):
+        """past: the layer's cache tensors (key, value, float windows) -> hidden, the presents in that order."""
         step = self.shell.step(attention_mask, position_ids, hidden.shape[1], hidden.dtype)
-        return self.shell.run_block(self.block, self.i, hidden, step, past_k, past_v)
+        hidden, presents = self.shell.run_block(self.block, self.i, hidden, step, past)
+        return (hidden, *presents)
 
 
 class _HeadPiece(torch.nn.Module):
@@ -195,10 +197,10 @@ def write_onnx_by_pieces(stream, layout: C.CacheLayout, path: str, props: dict[s
             with stream.loaded(stream.layer_prefix(i)):
                 block = build_block(hf, cfg, i, proj).eval()
             shell.blocks = torch.nn.ModuleList([block])    # the step this layer needs (positions, sink slots)
-            (_, _, past_k, present_k), (_, _, past_v, present_v) = names[2 * i], names[2 * i + 1]
-            cache = [example_cache(layout, layout.shape(i, kind), g, batch, past) for kind in ("key", "value")]
-            piece_in = [hidden_name(i), C.ATTENTION_MASK, C.POSITION_IDS, past_k, past_v]
-            piece_out = [hidden_name(i + 1), present_k, present_v]
+            layer = [n for n in names if n[0] == i]        # key, value, float windows
+            cache = [example_cache(layout, layout.shape(i, kind), g, batch, past) for _, kind, _, _ in layer]
+            piece_in = [hidden_name(i), C.ATTENTION_MASK, C.POSITION_IDS] + [n[2] for n in layer]
+            piece_out = [hidden_name(i + 1)] + [n[3] for n in layer]
             add(trace(_LayerPiece(shell, block, i), (hidden, mask, pos, *cache), piece_in, piece_out,
                       _axes(piece_in + piece_out)), f"layer{i}/")
             del block

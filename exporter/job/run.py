@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 
-from graphs.contract import DTYPE_BYTES, cached_token_bytes
+from graphs.contract import DTYPE_BYTES, bytes_per_token_at, cached_token_bytes
 from graphs.metadata import ExportMetadata
 
 from ..codec.store import load_projectors
@@ -56,7 +56,7 @@ def default_out(o: ExportOptions, name: str, key_rank, value_rank) -> str:
     q = o.quant
     if q.allocation:
         scales = q.key_scales if q.key_scales == q.value_scales else f"{q.key_scales}-{q.value_scales}"
-        suffix += f"-q{q.allocation}{q.ratio:g}x-{scales}"
+        suffix += f"-q{q.allocation}{q.ratio:g}x-{scales}" + (f"-w{q.float_window}" if q.float_window else "")
     return os.path.join(o.build_dir, f"{name}-{tag}{suffix}")
 
 
@@ -82,10 +82,14 @@ def run_export(o: ExportOptions, loaded=None) -> str:
         meta = export_into(job, out, key_rank, value_rank)
         point_latest(out, o.build_dir)
     windows = sorted({s.window for s in meta.layout.keys if s.window})
+    context = o.quant.window_context
+    at_context = bytes_per_token_at(meta.layout, context) if meta.layout.float_window else None
     print(f"wrote {out} ({meta.kv_bytes_per_token} KV bytes/token"
           + (f" beyond the sliding windows ({cached_token_bytes(meta.layout)} within)" if windows else "")
+          + (f", {at_context:.1f} at {context} tokens with the float window" if at_context else "")
           + f", uncompressed {2 * cfg.num_layers * cfg.kv_dim * DTYPE_BYTES[o.dtype]}"
-          + (f", {float16_bytes(cfg) / cached_token_bytes(meta.layout):.2f}x fewer than float16" if quantized else "")
+          + (f", {float16_bytes(cfg) / (at_context or cached_token_bytes(meta.layout)):.2f}x fewer than float16"
+             if quantized else "")
           + f") in {time.time() - t0:.0f} s")
     return out
 

@@ -11,8 +11,11 @@ Keys, by mode:
              every step rebuilds the keys mean + basis @ c, rotates them at their positions, then the usual GQA.
 A layer without RoPE (GPT-2, SmolLM3's NoPE layers) has one kind of key: fold.py builds it post-rope (k-space).
 Quantized latents (codec/quantizer.py): the cache holds packed integer codes of c, and attention reads them decoded.
-A float window (KIVI's residual; `float_window` = W, a screen of the PyTorch reference, not exported): a query
-reads the exact latents of its last W tokens (itself included) and the decoded codes of the older ones.
+A float window (KIVI's residual; `float_window` = W >= 2): beside the codes a quantized latent cache keeps the
+exact latents of the last W-1 tokens in float16 (a second cache tensor, graphs/contract.py), and a query reads the
+latents of its last W tokens (itself included) from there, the older ones' decoded codes. In a prefill each query
+gets its own last W (a band over the slots of the window and the new tokens), so a prefill computes what token by
+token generation does.
 Values: full, or latents with the up-projection absorbed into o_proj: sum_m a_m (mu + B c_m) = mu + B (sum_m a_m c_m)
 because the attention weights sum to one, so o_proj' = o_proj @ blockdiag(B_g(h)) and bias o_proj @ mu. Since B
 is absorbed head by head, each query head may have its own B_h (trained projectors' head_decode) for free.
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from graphs.contract import WINDOW_KINDS
 
 from .fused import group_query_attention, rotary_embedding
 from .layers import RMSNorm
@@ -93,7 +98,7 @@ class Attention(nn.Module):
         self.value_quant = None
         self.cache_scales = None  # (k_scale, v_scale) (G*d,): the fused op quantizes the cache to int8 itself
         self.cache_rotation = None  # (d, d): queries and keys rotated after RoPE (values: folded into v/o_proj)
-        self.float_window = 0     # > 0: quantized latents of a query's last W tokens read exact (from an empty cache)
+        self.float_window = 0     # W >= 2: quantized latents of a query's last W tokens read exact (float16)
 
     def use_cache_quant(self, rotation, key_scale, value_scale) -> None:
         """An int8 cache the fused op writes and reads (codec/cache_quant.py): per-channel steps, rotation R."""
@@ -111,23 +116,49 @@ class Attention(nn.Module):
         self.qkv_proj = _packed(self.q_proj, self.k_proj, self.v_proj)   # one MatMul instead of three
         self.fused = True
 
-    def forward(self, x, rope_new, rope_all, mask, past_k, past_v, sink_slots=None):
+    def cache_kinds(self) -> tuple[str, ...]:
+        """The cache tensors this layer takes and returns, in graph order (graphs/contract.CacheLayout.kinds)."""
+        windows = tuple(WINDOW_KINDS[kind] for kind, quant in (("key", self.key_quant), ("value", self.value_quant))
+                        if self.float_window and quant is not None)
+        return ("key", "value") + windows
+
+    def empty_past(self, batch: int, dtype=torch.float32) -> tuple[torch.Tensor, ...]:
+        """This layer's cache of a fresh sequence: every tensor of cache_kinds with 0 tokens."""
+        out = []
+        for rank, quant in ((self.key_rank, self.key_quant), (self.value_rank, self.value_quant)):
+            if quant is not None:
+                out.append(torch.zeros(batch, 1, 0, quant.nbytes, dtype=torch.uint8))
+            elif self.cache_scales is not None:
+                out.append(torch.zeros(batch, self.G, 0, self.d, dtype=torch.int8))
+            else:
+                out.append(torch.zeros(batch, 1 if rank else self.G, 0, rank or self.d, dtype=dtype))
+        for kind in self.cache_kinds()[2:]:
+            rank = self.key_rank if kind == WINDOW_KINDS["key"] else self.value_rank
+            out.append(torch.zeros(batch, 1, 0, rank, dtype=torch.float16))
+        return tuple(out)
+
+    def forward(self, x, rope_new, rope_all, mask, past, sink_slots=None):
         """x (B, T, D); rope_* (cos, sin) for the new tokens / all S tokens or None; mask (B, 1, T, S) additive;
-        past_k, past_v (B, kvh, P, size); sink_slots (B, S) bool, the sink's slot (quantized caches).
-        Returns y (B, T, D), present_k, present_v (B, kvh, S, size)."""
+        past: this layer's cache tensors in cache_kinds order, past_k, past_v (B, kvh, P, size) and any float
+        windows (B, 1, min(P, W-1), r); sink_slots (B, S) bool, the sink's slot (quantized caches).
+        Returns y (B, T, D) and the presents in the same order (present_k, present_v (B, kvh, S, size), ...)."""
         if not self.rope:
             rope_new = rope_all = None
+        windows = dict(zip(self.cache_kinds()[2:], past[2:]))
         if self.fused:                  # mask is (seqlens_k, total) here, rope_all the op's cos/sin tables
-            return self._fused(x, rope_new, rope_all, mask, past_k, past_v)
+            y, present_k, present_v = self._fused(x, rope_new, rope_all, mask, past[0], past[1])
+            return y, (present_k, present_v)
         B, T, _ = x.shape
         q = self._queries(x, rope_new)                                      # (B, H, T, d)
-        scores, present_k = self._scores(x, q, rope_new, rope_all, past_k, sink_slots)  # (B, H, T, S)
+        scores, present_k, key_window = self._scores(x, q, rope_new, rope_all, past[0], sink_slots,
+                                                     windows.get(WINDOW_KINDS["key"]))   # (B, H, T, S)
         probs = self._probabilities(scores, mask)                           # (B, H, T, S)
-        out, present_v = self._mix(x, probs, past_v, sink_slots)            # (B, H, T, d or r)
+        out, present_v, value_window = self._mix(x, probs, past[1], sink_slots,
+                                                 windows.get(WINDOW_KINDS["value"]))     # (B, H, T, d or r)
         y = self.o_proj(out.transpose(1, 2).reshape(B, T, -1))              # (B, T, D)
         if self.window and self.window_bounded:    # what the next token can see: its window - 1 predecessors
             present_k, present_v = present_k[:, :, 1 - self.window:], present_v[:, :, 1 - self.window:]
-        return y, present_k, present_v
+        return y, (present_k, present_v) + tuple(w for w in (key_window, value_window) if w is not None)
 
     def _probabilities(self, scores, mask):
         """softmax(scores * scale + mask) over the keys. Traced (the graph) and with autograd: as written. Else in
@@ -149,7 +180,8 @@ class Attention(nn.Module):
         self._tap("query_post", q)
         return q
 
-    def _scores(self, x, q, rope_new, rope_all, past_k, sink_slots=None):
+    def _scores(self, x, q, rope_new, rope_all, past_k, sink_slots=None, past_window=None):
+        """-> scores (B, H, T, S), the present keys, the present key window (None without one)."""
         B, T, _ = x.shape
         if self.key_mode == "pre-rope":
             if self.k_norm is None:
@@ -159,11 +191,14 @@ class Attention(nn.Module):
                 c = self.key_encode(k.transpose(1, 2).reshape(B, T, -1)).unsqueeze(1)   # (B, 1, T, r)
             exact = c
             c, present = self._append(self.key_quant, past_k, c, sink_slots)  # (B, 1, S, r), present
-            pre_rope_scores = lambda c: grouped_matmul(q, self._pre_rope_keys(c, rope_all).transpose(-1, -2), self.G)
-            scores = pre_rope_scores(c)                                      # (B, H, T, S)
-            if self._windowed(self.key_quant, past_k):
-                scores = torch.where(self._band(T, past_k), pre_rope_scores(exact), scores)
-            return scores, present
+            scores = grouped_matmul(q, self._pre_rope_keys(c, rope_all).transpose(-1, -2), self.G)  # (B, H, T, S)
+            if past_window is None:
+                return scores, present, None
+            tail, window = self._window(self.key_quant, past_window, exact, sink_slots)   # (B, 1, E, r)
+            S, E = c.shape[2], tail.shape[2]
+            rope_tail = None if rope_all is None else tuple(t[:, :, S - E:] for t in rope_all)
+            exact_scores = grouped_matmul(q, self._pre_rope_keys(tail, rope_tail).transpose(-1, -2), self.G)
+            return self._banded_scores(scores, exact_scores, T), present, window
         k = self._per_head(self.k_proj(x), B, T, self.G, self.k_norm)        # (B, G, T, d)
         self._tap("key_pre", k)
         k = self._code("key_pre", k)
@@ -173,15 +208,16 @@ class Attention(nn.Module):
         k = self._code("key_post", k)
         if self.key_mode == "full":
             present = torch.cat([past_k, k], dim=2)                          # (B, G, S, d)
-            return grouped_matmul(q, present.transpose(-1, -2), self.G), present
+            return grouped_matmul(q, present.transpose(-1, -2), self.G), present, None
         c = self.key_encode(k.transpose(1, 2).reshape(B, T, -1)).unsqueeze(1)  # (B, 1, T, r)
         exact = c
         c, present = self._append(self.key_quant, past_k, c, sink_slots)     # (B, 1, S, r), present
         q_latent = q @ self.query_basis                                      # (B, H, T, r)
         scores = q_latent @ c.transpose(-1, -2)                              # (B, H, T, S)
-        if self._windowed(self.key_quant, past_k):
-            scores = torch.where(self._band(T, past_k), q_latent @ exact.transpose(-1, -2), scores)
-        return scores, present
+        if past_window is None:
+            return scores, present, None
+        tail, window = self._window(self.key_quant, past_window, exact, sink_slots)   # (B, 1, E, r)
+        return self._banded_scores(scores, q_latent @ tail.transpose(-1, -2), T), present, window
 
     def _fused(self, x, rope_new, rope_tables, lengths, past_k, past_v):
         """Full or k-space attention through GroupQueryAttention: (G heads of d) or (1 head of r)."""
@@ -216,25 +252,30 @@ class Attention(nn.Module):
                                                           self.window)                         # (B, T, H*s)
         return self.o_proj(out), present_k, present_v                        # (B, T, D)
 
-    def _mix(self, x, probs, past_v, sink_slots=None):
+    def _mix(self, x, probs, past_v, sink_slots=None, past_window=None):
+        """-> the heads' outputs (B, H, T, d or r), the present values, the present value window (or None)."""
         B, T, _ = x.shape
         if self.value_rank is None:
             v = self.v_proj(x).view(B, T, self.G, self.d).transpose(1, 2)    # (B, G, T, d)
             self._tap("value", v)
             v = self._code("value", v)
             if v.shape[1] != self.G:        # training: decoded per query head (B, H, T, d), no past (projectors/coded.py)
-                return probs @ v, v
+                return probs @ v, v, None
             present = torch.cat([past_v, v], dim=2)                          # (B, G, S, d)
             if self.tap is not None and self.tap.wants("value_mix"):      # (B, H, T, S) work: asked for only
                 self._tap_mix(probs, present)
-            return grouped_matmul(probs, present, self.G), present           # (B, H, T, d)
+            return grouped_matmul(probs, present, self.G), present, None     # (B, H, T, d)
         c = self.v_proj(x).unsqueeze(1)                                      # (B, 1, T, r)
         exact = c
         c, present = self._append(self.value_quant, past_v, c, sink_slots)   # (B, 1, S, r), present
-        if self._windowed(self.value_quant, past_v):
-            band = self._band(T, past_v).to(probs.dtype)                     # (T, S)
-            return (probs * (1 - band)) @ c + (probs * band) @ exact, present   # (B, H, T, r)
-        return probs @ c, present                                            # (B, H, T, r)
+        out = probs @ c                                                      # (B, H, T, r)
+        if past_window is None:
+            return out, present, None
+        tail, window = self._window(self.value_quant, past_window, exact, sink_slots)   # (B, 1, E, r)
+        S, E = c.shape[2], tail.shape[2]
+        band = self._band(T, E).to(probs.dtype)                              # (T, E)
+        # in the band a query reads the exact latent instead of the decoded one: add what it lacks
+        return out + (probs[..., S - E:] * band) @ (tail - c[:, :, S - E:]), present, window
 
     def _pre_rope_keys(self, c, rope_all):
         """Latents (B, 1, S, r) -> keys (B, G, S, d), rebuilt and rotated at their positions."""
@@ -242,19 +283,31 @@ class Attention(nn.Module):
         k = self.key_decode(c.squeeze(1)).view(B, -1, self.G, self.d).transpose(1, 2)   # (B, G, S, d)
         return apply_rope(k, *rope_all) if rope_all is not None else k
 
-    def _windowed(self, quant, past) -> bool:
-        """Whether this call reads a float window: a quantized latent cache with float_window set. The exact
-        latents of older steps are not kept anywhere, so only a call from an empty cache (a scored window) can."""
-        if not self.float_window or quant is None:
-            return False
-        if past.shape[2]:
-            raise NotImplementedError("float_window screens prefills from an empty cache only (it is not exported)")
-        return True
+    def _window(self, quant, past_window, exact, sink_slots):
+        """The float window's exact latents of the last E slots (B, 1, E, r) float32, E = its past + T (the new
+        tokens' rounded to float16 as they are kept, so later steps read the same numbers; the sink's slot its
+        constant latent, as the codes give it, not a float16 copy of how this call's matmul rounded it), and the
+        present window: the last W-1 of them, float16."""
+        kept = torch.cat([past_window, exact.to(torch.float16)], dim=2)     # (B, 1, E, r)
+        tail = kept.to(torch.float32)
+        if quant.sink is not None and sink_slots is not None:
+            E = tail.shape[2]
+            tail = torch.where(sink_slots[:, None, sink_slots.shape[1] - E:, None], quant.sink, tail)
+        return tail, kept[:, :, 1 - self.float_window:]
 
-    def _band(self, T: int, past) -> torch.Tensor:
-        """(T, T) bool: key j is among query i's last float_window tokens, 0 <= i - j < W (slots, empty past)."""
-        i = torch.arange(T, device=past.device)
-        return (i[:, None] - i[None, :] >= 0) & (i[:, None] - i[None, :] < self.float_window)
+    def _band(self, T: int, E) -> torch.Tensor:
+        """(T, E) bool: of the last E slots, those among each new query's last W: query i sits at slot E - T + i
+        of them and reads slot j exact when 0 <= (E - T + i) - j < W."""
+        i = torch.arange(T)[:, None] + (E - T)                               # (T, 1)
+        j = torch.arange(E)[None, :]                                         # (1, E)
+        return (i - j >= 0) & (i - j < self.float_window)
+
+    def _banded_scores(self, scores, exact_scores, T: int):
+        """scores (B, H, T, S) from the codes, exact_scores (B, H, T, E) from the last E slots' exact latents:
+        each query's scores of its band from the exact ones."""
+        S, E = scores.shape[-1], exact_scores.shape[-1]
+        tail = torch.where(self._band(T, E), exact_scores, scores[..., S - E:])   # (B, H, T, E)
+        return torch.cat([scores[..., :S - E], tail], dim=-1)                # (B, H, T, S)
 
     def _per_head(self, x, B, T, heads: int, norm):
         """(B, T, heads*d) -> (B, heads, T, d), normed per head where the model norms q and k. B and T come from

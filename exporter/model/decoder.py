@@ -4,7 +4,8 @@ One module for both families; the differences are a norm type, an MLP type, and 
 The llama family's quirks (model/config.py) are switches here: norms after attention and MLP (Gemma 3), scaled
 embeddings, a second RoPE for the sliding-window layers (Gemma 3's local base).
 Its forward is the ONNX contract (graphs/contract.py): input_ids, attention_mask, position_ids, then the flat
-past cache (key, value per layer) in; logits and the flat present cache out.
+past cache (key, value per layer, then that layer's float windows if it has any) in; logits and the flat present
+cache out.
 
 Entry point: `Decoder` (built by model/fold.build_decoder).
 """
@@ -34,11 +35,12 @@ class Block(nn.Module):
         self.post_attn_norm = Norm() if cfg.sandwich_norms else None
         self.post_mlp_norm = Norm() if cfg.sandwich_norms else None
 
-    def forward(self, x, rope_new, rope_all, mask, past_k, past_v, sink_slots=None):
-        a, present_k, present_v = self.attn(self.norm1(x), rope_new, rope_all, mask, past_k, past_v, sink_slots)
+    def forward(self, x, rope_new, rope_all, mask, past, sink_slots=None):
+        """x (B, T, D), past: the layer's cache tensors (Attention.cache_kinds) -> x, the presents."""
+        a, presents = self.attn(self.norm1(x), rope_new, rope_all, mask, past, sink_slots)
         x = x + (a if self.post_attn_norm is None else self.post_attn_norm(a))
         m = self.mlp(self.norm2(x))
-        return x + (m if self.post_mlp_norm is None else self.post_mlp_norm(m)), present_k, present_v
+        return x + (m if self.post_mlp_norm is None else self.post_mlp_norm(m)), presents
 
 
 def causal_padding_mask(attention_mask: torch.Tensor, T: int, dtype, window: int | None = None,
@@ -139,7 +141,8 @@ class Decoder(nn.Module):
         return self
 
     def forward(self, input_ids, attention_mask, position_ids, *past, logits_to_keep=None):
-        """input_ids (B, T), attention_mask (B, S), position_ids (B, T), past: 2 per layer (B, kvh, P, size).
+        """input_ids (B, T), attention_mask (B, S), position_ids (B, T), past: per layer its key and value
+        (B, kvh, P, size), then its float windows if any (Attention.cache_kinds).
 
         logits_to_keep: int64 scalar tensor n; n > 0 returns the logits of the last n positions only
         (generation needs one), 0 or None all T (perplexity needs them).
@@ -147,10 +150,12 @@ class Decoder(nn.Module):
         T = input_ids.shape[1]
         x = self.embed(input_ids, position_ids)                                      # (B, T, D)
         step = self.step(attention_mask, position_ids, T, x.dtype)
-        presents = []
+        presents, start = [], 0
         for i, block in enumerate(self.blocks):
-            x, k, v = self.run_block(block, i, x, step, past[2 * i], past[2 * i + 1])
-            presents += [k, v]
+            n = len(block.attn.cache_kinds())
+            x, layer_presents = self.run_block(block, i, x, step, past[start:start + n])
+            presents += layer_presents
+            start += n
         return (self.head(x, logits_to_keep), *presents)
 
     def head(self, x, logits_to_keep=None) -> torch.Tensor:
@@ -188,17 +193,18 @@ class Decoder(nn.Module):
         return Step(attention_mask, position_ids, T, dtype, (rope_new, rope_all, mask, sink_slots),
                     (local_new, local_all))
 
-    def run_block(self, block, i: int, x, step: "Step", past_k, past_v):
-        """Block i (built by this decoder, or one at a time by model/stream.py) on x (B, T, D) -> x, present k, v."""
+    def run_block(self, block, i: int, x, step: "Step", past):
+        """Block i (built by this decoder, or one at a time by model/stream.py) on x (B, T, D) and its cache
+        tensors `past` (key, value, float windows) -> x, the presents in the same order."""
         self._tap_hidden(block, x)
         layer = step.layer
         window = self.cfg.window(i)
         if window:
             if window not in step.windowed:     # layers of one window hold as many slots: one mask for all
-                step.windowed[window] = self._windowed(step, window, past_k.shape[2] + step.T,
+                step.windowed[window] = self._windowed(step, window, past[0].shape[2] + step.T,
                                                        block.attn.window_bounded)
             layer = step.windowed[window]
-        return block(x, layer[0], layer[1], layer[2], past_k, past_v, layer[3])
+        return block(x, layer[0], layer[1], layer[2], past, layer[3])
 
     def _windowed(self, step: "Step", window: int, kept, bounded: bool):
         """(rope_new, rope_all, mask, sink_slots) of the layers of one window. The fused op masks the window
@@ -230,18 +236,8 @@ class Decoder(nn.Module):
             block.attn.tap("hidden", x)
 
     def empty_past(self, batch: int, dtype=torch.float32) -> list[torch.Tensor]:
-        """The cache of a fresh sequence: every layer's key and value with 0 tokens."""
-        out = []
-        for b in self.blocks:
-            a = b.attn
-            for rank, quant in ((a.key_rank, a.key_quant), (a.value_rank, a.value_quant)):
-                if quant is not None:
-                    out.append(torch.zeros(batch, 1, 0, quant.nbytes, dtype=torch.uint8))
-                elif a.cache_scales is not None:
-                    out.append(torch.zeros(batch, a.G, 0, a.d, dtype=torch.int8))
-                else:
-                    out.append(torch.zeros(batch, 1 if rank else a.G, 0, rank or a.d, dtype=dtype))
-        return out
+        """The cache of a fresh sequence: every layer's tensors (key, value, float windows) with 0 tokens."""
+        return [t for b in self.blocks for t in b.attn.empty_past(batch, dtype)]
 
     @property
     def needs_all_positions(self) -> bool:

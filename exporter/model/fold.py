@@ -88,6 +88,7 @@ def build_attention(hf, cfg: DecoderConfig, i: int, proj: Projectors | None) -> 
     if quant:      # a quantized cache: codes of the latents, packed (quant.py)
         attn.key_quant = quantizer_for(key, quant["scales"]["key"], quant["group"])
         attn.value_quant = quantizer_for(value, quant["scales"]["value"], quant["group"])
+        attn.float_window = quant.get("float_window", 0)     # exact latents of the newest tokens beside the codes
     return attn
 
 

@@ -166,4 +166,4 @@ class _Steps:
             self.made[kind] = [self.shell.step(torch.ones_like(t), torch.arange(t.shape[1])[None], t.shape[1],
                                                torch.float32) for t in self.tokens]
         empty = self.shell.empty_past(1)
-        return [self.shell.run_block(block, i, x, step, *empty)[0] for x, step in zip(states, self.made[kind])]
+        return [self.shell.run_block(block, i, x, step, empty)[0] for x, step in zip(states, self.made[kind])]

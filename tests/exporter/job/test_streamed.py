@@ -18,6 +18,8 @@ from validate.ort_model import OrtModel
 SETTINGS = {
     "spectral 8x": dict(k="full", quant=QuantOptions("spectral", 8.0)),
     "output-aware K=8": dict(k="8", method="output-aware"),
+    "spectral 4x + float window": dict(k="full", quant=QuantOptions("spectral", 4.0, float_window=6,
+                                                                   window_context=256)),
 }
 
 
@@ -30,7 +32,7 @@ def _export(model: str, root, stream: bool, **kw) -> str:
 
 
 @pytest.mark.parametrize("arch,setting", [("llama", "spectral 8x"), ("gpt2", "spectral 8x"),
-                                          ("gemma3", "output-aware K=8")])
+                                          ("gemma3", "output-aware K=8"), ("qwen2", "spectral 4x + float window")])
 def test_a_streamed_calibrated_export_is_the_whole_model_export(arch, setting, tiny_model_dir, tmp_path):
     from validate.layers import check_layers
     model = tiny_model_dir(arch)
