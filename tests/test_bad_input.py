@@ -214,6 +214,8 @@ ROWS = [
         r"K=auto and QUANT choose bytes two ways"),
     Row("exporter", "QUANT_RATIO below 1", MODEL + ("--quant", "spectral", "--quant-ratio", "0.5"),
         r"QUANT_RATIO=0\.5 must be > 1"),
+    Row("exporter", "QUANT_WINDOW of one token", MODEL + ("--quant", "spectral", "--quant-window", "1"),
+        r"QUANT_WINDOW=1 must be 0 \(none\) or >= 2"),
     Row("exporter", "QUANT_RATIO no bit allocation reaches", MODEL + ("--quant", "spectral", "--quant-ratio", "1000"),
         r"QUANT_RATIO=1000 leaves 0 bytes per token for 4 coded tensors, .*use QUANT_RATIO <= 128"),
     Row("exporter", "KV_DTYPE=int8 with a concat cache", MODEL + ("--kv-dtype", "int8", "--cache", "concat"),
