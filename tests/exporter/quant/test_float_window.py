@@ -57,13 +57,15 @@ def step_by_step(decoder, ids: list[int], first: int) -> torch.Tensor:
                                               ("gpt2", "post-rope", "static")])
 def test_a_prefill_reads_what_generation_reads(arch, mode, scales, tiny_export):
     """Each query of a prefill reads its own last W tokens exact: the same logits as a shorter prefill followed by
-    one token at a time, whose windows hold the previous steps' exact latents (in float16)."""
+    one token at a time, whose windows hold the previous steps' exact latents (in float16). Up to float16 rounding:
+    a latent the two paths compute a float32 ulp apart may round to neighbouring float16 values (about 3e-5 of the
+    logits here), where reading codes instead of the window would move them by percents."""
     _, _, ref, meta = load_ref(window_export(tiny_export, arch, mode, scales))
     assert {b.attn.float_window for b in ref.blocks} == {WINDOW}
     ids = prompts(meta.sink["token_id"], (30,))[0]
     whole = decoder_logits(ref, ids)                                       # (T, V)
     for first in (1, 4, 17):
-        assert torch.allclose(step_by_step(ref, ids, first), whole, atol=1e-5, rtol=1e-5)
+        assert (step_by_step(ref, ids, first) - whole).abs().max() <= 1e-3 * whole.abs().max()
 
 
 def test_the_window_sits_between_the_codes_and_the_float_cache(tiny_export):
