@@ -36,14 +36,14 @@ def layout_of(decoder, dtype: str = "float32") -> C.CacheLayout:
         if a.cache_scales is not None:
             return C.CacheShape(a.G, a.d, "int8", window)              # the fused op's codes (codec/cache_quant.py)
         return C.CacheShape(1, rank, None, window) if rank else C.CacheShape(a.G, a.d, None, window)
-    def float_window(rank, quant, a):                                  # exact latents beside the codes
-        return C.CacheShape(1, rank, C.WINDOW_DTYPE, a.float_window) if a.float_window and quant is not None \
+    def float_window(rank, kind, a):                                   # exact latents beside the codes
+        return C.CacheShape(1, rank, C.WINDOW_DTYPE, a.float_window) if C.WINDOW_KINDS[kind] in a.cache_kinds() \
             else None
     attns = [b.attn for b in decoder.blocks]
     keys = tuple(shape(a.key_rank, a.key_quant, a) for a in attns)
     values = tuple(shape(a.value_rank, a.value_quant, a) for a in attns)
-    key_windows = tuple(float_window(a.key_rank, a.key_quant, a) for a in attns)
-    value_windows = tuple(float_window(a.value_rank, a.value_quant, a) for a in attns)
+    key_windows = tuple(float_window(a.key_rank, "key", a) for a in attns)
+    value_windows = tuple(float_window(a.value_rank, "value", a) for a in attns)
     if not any(key_windows + value_windows):
         key_windows = value_windows = ()
     return C.CacheLayout(keys, values, dtype, key_windows, value_windows)

@@ -57,6 +57,11 @@ def check_against_model(o: ExportOptions, cfg) -> None:
         if fp16 // o.quant.ratio < tensors:
             raise UserError(f"QUANT_RATIO={o.quant.ratio:g} leaves {int(fp16 // o.quant.ratio)} bytes per token for "
                             f"{tensors} coded tensors, at least one byte each: use QUANT_RATIO <= {fp16 / tensors:g}")
+        bounded = [cfg.window(i) for i in range(cfg.num_layers) if cfg.window(i) and o.window_cache == "bounded"]
+        if o.quant.float_window and bounded and min(bounded) < o.quant.float_window:
+            # the float window must fit in what a bounded sliding-window layer keeps (its tail of the slots)
+            raise UserError(f"QUANT_WINDOW={o.quant.float_window} is longer than this model's sliding window of "
+                            f"{min(bounded)} tokens: use QUANT_WINDOW <= {min(bounded)}, or WINDOW_CACHE=full")
 
 
 def is_quantized(o: ExportOptions) -> bool:

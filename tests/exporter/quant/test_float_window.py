@@ -184,3 +184,15 @@ def test_the_probes_code_without_the_window(tiny_model_dir, tmp_path, monkeypatc
     out = run_export(ExportOptions(model=tiny_model_dir("llama"), k="full", calib_tokens=CALIB_TOKENS, window=256,
                                    out=str(tmp_path / "w"), build_dir=str(tmp_path / "b"), quant=quant))
     assert seen == [0] and load_ref(out)[3].layout.float_window == WINDOW
+
+
+def test_a_window_longer_than_a_bounded_sliding_window_is_refused(tiny_model_dir, tmp_path):
+    """A sliding-window layer whose cache holds its window only cannot keep a longer float window beside it."""
+    from exporter.job.run import run_export
+    from exporter.options import ExportOptions
+    quant = QuantOptions("spectral", 4.0, float_window=32, window_context=256)
+    with pytest.raises(UserError, match=r"QUANT_WINDOW=32 is longer than this model's sliding window of 16 tokens: "
+                                        r"use QUANT_WINDOW <= 16, or WINDOW_CACHE=full"):
+        run_export(ExportOptions(model=tiny_model_dir("mistral_window"), k="full", window=256,
+                                 out=str(tmp_path / "w"), build_dir=str(tmp_path / "b"), quant=quant))
+    assert not (tmp_path / "w").exists()
