@@ -21,6 +21,7 @@ K_KEY     ?=
 K_VALUE   ?=
 KEY_MODE  ?= pre-rope
 CALIB     ?=
+CALIB_TOKENS ?=
 SEED      ?= 0
 DTYPE     ?= float32
 CACHE     ?=
@@ -53,7 +54,7 @@ TEXT      ?=
 
 help:
 	@echo "make export                              the default: K=full, an int8 cache our attention kernel reads (KV_KERNEL=codes)"
-	@echo "make export [MODEL=id|dir|file.gguf] [K=full|N|auto] [K_KEY=] [K_VALUE=] [KEY_MODE=pre-rope|post-rope] [CALIB=file]"
+	@echo "make export [MODEL=id|dir|file.gguf] [K=full|N|auto] [K_KEY=] [K_VALUE=] [KEY_MODE=pre-rope|post-rope] [CALIB=file|a.txt,b.txt@0.5] [CALIB_TOKENS=16384]"
 	@echo "            [SEED=0] [DTYPE=float32|float16] [CACHE=concat|shared-buffer] [METHOD=pca|output-aware|trained|raw]"
 	@echo "            [KV_DTYPE=int8 [KV_ROTATION=hadamard|none] [KV_KERNEL=onnxruntime|codes]]  (with CACHE=shared-buffer K=full)"
 	@echo "            [WINDOW_CACHE=bounded|full]  (sliding-window layers: keep the window, or every token)"
@@ -106,6 +107,7 @@ $(OPT_STAMP): Makefile
 export: setup
 	$(PYTHON) -m exporter $(if $(MODEL),--model "$(MODEL)") $(if $(K),--k "$(K)") $(if $(K_KEY),--k-key "$(K_KEY)") \
 		$(if $(K_VALUE),--k-value "$(K_VALUE)") --key-mode "$(KEY_MODE)" $(if $(CALIB),--calib "$(CALIB)") \
+		$(if $(CALIB_TOKENS),--calib-tokens "$(CALIB_TOKENS)") \
 		--seed "$(SEED)" --dtype "$(DTYPE)" $(if $(CACHE),--cache "$(CACHE)") $(if $(METHOD),--method "$(METHOD)") \
 		$(if $(KV_DTYPE),--kv-dtype "$(KV_DTYPE)") $(if $(KV_ROTATION),--kv-rotation "$(KV_ROTATION)") \
 		$(if $(KV_KERNEL),--kv-kernel "$(KV_KERNEL)") $(if $(filter 1,$(STREAM)),--stream) \

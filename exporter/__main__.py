@@ -26,7 +26,8 @@ def main(argv=None) -> int:
     p.add_argument("--k-key", default=None, help="override K for keys")
     p.add_argument("--k-value", default=None, help="override K for values")
     p.add_argument("--key-mode", default=DEFAULT_KEY_MODE, help="pre-rope | post-rope")
-    p.add_argument("--calib", default=d.calib, help="calibration text file")
+    p.add_argument("--calib", default=d.calib, help="calibration text file, or a mix taking turns of 2048 "
+                   "tokens from each: a.txt,b.txt@0.5 (b from half of its tokens on)")
     p.add_argument("--calib-tokens", type=int, default=d.calib_tokens)
     p.add_argument("--window", type=int, default=d.window, help="calibration window length in tokens")
     p.add_argument("--seed", type=int, default=d.seed)

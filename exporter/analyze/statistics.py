@@ -10,7 +10,7 @@ import os
 from ..calib.capture import capture
 from ..calib.statistics import MIN_CALIB_TOKENS
 from ..calib.store import cache_key, load_statistics, save_statistics
-from ..calib.text import file_sha256, token_windows
+from ..calib.text import text_sha256, token_windows
 from ..model.config import DecoderConfig
 from . import spectrum as S
 from .options import AnalyzeOptions
@@ -26,7 +26,7 @@ def tap_statistics(decoder, tok, cfg: DecoderConfig, o: AnalyzeOptions, sink_id,
     analysis ran before. Returns (accs, sinks, windows, info); info is what fit_pca wants as calibration."""
     window = min(o.window, cfg.max_positions - 1)
     windows = token_windows(tok, o.text, window, o.calib_tokens, sink_id, min_tokens=MIN_CALIB_TOKENS)
-    info = {"file": str(o.text), "sha256": file_sha256(o.text), "window": window,
+    info = {"file": str(o.text), "sha256": text_sha256(o.text), "window": window,
             "tokens": sum(len(w) - (sink_id is not None) for w in windows)}
     key = cache_key(kind="spectrum", model=fingerprint, text=info["sha256"], tokens=o.calib_tokens, window=window,
                     sink=sink_id, taps=list(o.taps), token_factor=o.token_factor)

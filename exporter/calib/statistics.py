@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..model.config import DecoderConfig
 from .capture import KV_TAPS, Covariance, HeadCovariance, Rows, capture_from
 from .store import cache_key, load_statistics, save_statistics
-from .text import file_sha256, fitting_window, token_windows
+from .text import fitting_window, text_sha256, token_windows
 
 MIN_CALIB_TOKENS = 2048
 
@@ -36,7 +36,7 @@ def kv_statistics(model, tokenizer, cfg: DecoderConfig, calib: str, calib_tokens
     """Covariances and sink vectors of keys (before and after RoPE) and values for every layer, from the
     cache in cache_dir when an identical calibration ran before."""
     window = min(window, cfg.max_positions - 1)           # the sink takes one position
-    calib_sha = file_sha256(calib)
+    calib_sha = text_sha256(calib)
     info = {"file": str(calib), "sha256": calib_sha, "window": window}
     key = cache_key(model=fingerprint, text=calib_sha, tokens=calib_tokens, window=window, sink=sink_id)
     path = os.path.join(cache_dir, "calib", key + ".safetensors") if cache_dir else None

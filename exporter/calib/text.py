@@ -9,11 +9,19 @@ into non-overlapping windows. What each consumer takes of the calibration file, 
     held-out      windows of 2048 spread evenly over the rest (K=auto scores)
     training      the first train tokens, then held-out tokens right after (projectors/train.py)
 
-Entry points: `token_windows`, `probe_windows`, `spread_windows`, `training_windows`.
+A text may be a mix of files (calibration that travels to other domains): "a.txt,b.txt@0.5" takes turns of
+MIX_CHUNK tokens from each file, b.txt from half of its tokens on (so its head stays free for evaluation);
+a source that runs out leaves the turns to the others. The mix is a token stream like one file's, so every
+consumer above cuts it the same way. A spec naming an existing file is that file, whatever its characters.
+
+Entry points: `token_windows`, `probe_windows`, `spread_windows`, `training_windows`, `text_ids`, `text_sha256`.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
@@ -21,13 +29,43 @@ from ..files import sha256_file
 
 PROBE_WINDOW = 512
 HELDOUT_WINDOW = 2048     # the perplexity convention; shorter where the model's positions end sooner
+MIX_CHUNK = 2048          # tokens a source of a mixed text gives per turn: one perplexity window
 
 
 def _require_file(path: str | os.PathLike) -> Path:
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"no text file at {p}: pass CALIB=/path/to/file.txt (any UTF-8 text)")
+        raise UserError(f"no text file at {p}: pass CALIB=/path/to/file.txt (any UTF-8 text), or several as "
+                        "CALIB=a.txt,b.txt@0.5")
     return p
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file of a text spec, from `start` (a fraction of its tokens) on."""
+    path: Path
+    start: float = 0.0
+
+
+def parse_sources(spec: str | os.PathLike) -> list[Source]:
+    """'a.txt,b.txt@0.5' -> [Source(a.txt), Source(b.txt, 0.5)]; an existing file's path is that one file."""
+    if Path(spec).is_file():
+        return [Source(Path(spec))]
+    return [_source(part.strip(), spec) for part in str(spec).split(",")]
+
+
+def _source(part: str, spec) -> Source:
+    if Path(part).is_file() or "@" not in part:
+        return Source(_require_file(part))
+    path, _, start = part.rpartition("@")
+    try:
+        fraction = float(start)
+    except ValueError:
+        fraction = -1.0
+    if not 0.0 <= fraction < 1.0:
+        raise UserError(f"'{part}' in {spec}: the part after @ is the fraction of the file's tokens to start "
+                        "from, 0 <= F < 1 (e.g. book.txt@0.5)")
+    return Source(_require_file(path), fraction)
 
 
 def read_text(path: str | os.PathLike) -> str:
@@ -42,6 +80,31 @@ def file_sha256(path: str | os.PathLike) -> str:
     return sha256_file(str(_require_file(path)))
 
 
+def text_sha256(spec: str | os.PathLike) -> str:
+    """The hash of what a text spec reads: one whole file's own sha256, or a mix's files, starts and turn size."""
+    sources = parse_sources(spec)
+    if len(sources) == 1 and sources[0].start == 0.0:
+        return file_sha256(sources[0].path)
+    parts = [[file_sha256(s.path), s.start] for s in sources]
+    return hashlib.sha256(json.dumps({"mix": parts, "chunk": MIX_CHUNK}).encode()).hexdigest()
+
+
+def text_ids(tokenizer, spec: str | os.PathLike) -> list[int]:
+    """The token ids of a text spec: each file tokenized as one string from its start on, the files in turns."""
+    streams = []
+    for s in parse_sources(spec):
+        ids = tokenizer(read_text(s.path), add_special_tokens=False)["input_ids"]
+        streams.append(ids[int(s.start * len(ids)):])
+    if len(streams) == 1:
+        return streams[0]
+    mixed, turn = [], 0
+    while any(turn < len(ids) for ids in streams):
+        for ids in streams:
+            mixed += ids[turn:turn + MIX_CHUNK]
+        turn += MIX_CHUNK
+    return mixed
+
+
 def fitting_window(window: int, max_positions: int, sink_id: int | None) -> int:
     """The window, shortened where the model's positions end sooner (GPT-2's learned 1024) with the sink first."""
     return min(window, max_positions - (sink_id is not None))
@@ -51,7 +114,7 @@ def token_windows(tokenizer, path, window: int, max_tokens: int, sink_id: int | 
                   min_tokens: int = 0) -> list[list[int]]:
     """Non-overlapping windows of `window` tokens of the whole file tokenized as one string, each prefixed with
     the sink; at most max_tokens tokens in all (the last window may be shorter). Errors if fewer than min_tokens."""
-    ids = tokenizer(read_text(path), add_special_tokens=False)["input_ids"]
+    ids = text_ids(tokenizer, path)
     if len(ids) < max(min_tokens, 2):
         raise UserError(f"{path} has {len(ids)} tokens, at least {min_tokens} are needed: pass a longer text file")
     ids = ids[:max_tokens]

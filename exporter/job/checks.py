@@ -9,6 +9,7 @@ from __future__ import annotations
 from graphs import kernels
 from graphs.contract import CACHE_UPDATES, DTYPE_BYTES
 
+from ..calib.text import parse_sources
 from ..errors import UserError
 from ..options import KEY_MODES, KV_DTYPES, KV_KERNELS, KV_ROTATIONS, METHODS, WINDOW_CACHES, ExportOptions
 from ..quant.design import float16_bytes
@@ -34,6 +35,8 @@ def check_options(o: ExportOptions) -> None:
         raise UserError("BUDGET and MAX_PPL_INCREASE choose per-layer ranks: add K=auto, or drop them")
     is_quantized(o)             # their own refusals (QUANT, KV_DTYPE), before the model loads
     has_cache_quant(o)
+    if not o.projectors:
+        parse_sources(o.calib)  # a CALIB that names no file, or a mix with a bad part
 
 
 WINDOWED_SHARED_BUFFER = ("CACHE=shared-buffer cannot bound a sliding-window layer's cache (onnxruntime's fused op "
@@ -78,6 +81,8 @@ def is_quantized(o: ExportOptions) -> bool:
         raise UserError("a quantized cache needs DTYPE=float32 and CACHE=concat (its codes are uint8 either way)")
     if o.method == "raw" and any(x is not None and str(x).lower() != "full" for x in (o.k, o.k_key, o.k_value)):
         raise UserError("METHOD=raw codes every dimension: use K=full (or another METHOD for a rank)")
+    if o.method == "trained" and "token" in (o.quant.key_scales, o.quant.value_scales):
+        raise UserError("METHOD=trained trains through a quantizer of static steps: use QUANT_SCALES=static")
     return True
 
 

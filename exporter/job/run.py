@@ -33,7 +33,7 @@ from .checks import check_shared_buffer, has_cache_quant, is_quantized
 from .job import ExportJob
 from .metadata import export_metadata
 from .streamed import save_streamed, streamed_job, streams
-from .stages import choose_auto_ranks, fit_cache_quant, fit_projectors, quantize
+from .stages import choose_auto_ranks, fit_cache_quant, fit_projectors, fit_quantized, quantize
 
 
 def default_out(o: ExportOptions, name: str, key_rank, value_rank) -> str:
@@ -100,18 +100,18 @@ def export_into(job: ExportJob, out: str, key_rank, value_rank) -> ExportMetadat
     quantized = is_quantized(o)
     if o.projectors:
         proj = load_projectors(o.projectors, job.fingerprint)
+        proj = quantize(job, proj) if quantized else proj               # bits for the projectors given
     elif has_cache_quant(o):
         proj = fit_cache_quant(job)
     elif key_rank is None and value_rank is None and not o.is_auto and not quantized:
         proj = None
-    else:
-        if o.is_auto:
-            key_ranks, value_ranks, job.provenance["auto"] = choose_auto_ranks(job)
-        else:
-            key_ranks, value_ranks = per_layer(key_rank, cfg.num_layers), per_layer(value_rank, cfg.num_layers)
+    elif o.is_auto:
+        key_ranks, value_ranks, job.provenance["auto"] = choose_auto_ranks(job)
         proj = fit_projectors(job, key_ranks, value_ranks)
-    if quantized:
-        proj = quantize(job, proj)
+    else:
+        key_ranks, value_ranks = per_layer(key_rank, cfg.num_layers), per_layer(value_rank, cfg.num_layers)
+        fit = fit_quantized if quantized else fit_projectors
+        proj = fit(job, key_ranks, value_ranks)
     if job.stream is not None:
         return save_streamed(job, out, proj)
     decoder = build_decoder(job.hf, proj) if proj is not None else job.decoder

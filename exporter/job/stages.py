@@ -3,11 +3,13 @@
     choose_auto_ranks(job)                   K=auto: per-layer ranks from a byte or perplexity budget
     fit_projectors(job, key_ranks, ...)      PCA, output-aware, trained or raw codes at given ranks
     quantize(job, projectors)                bits, steps and the sink's latent for a quantized cache
+    fit_quantized(job, key_ranks, ...)       both for a quantized cache; METHOD=trained trains through the
+                                             quantizer (train_through_quantizer)
     fit_cache_quant(job)                     steps of the int8 cache onnxruntime's fused attention writes
 
 Statistics, metrics and samples come from the job, computed once however many stages read them.
 
-Entry point: `choose_auto_ranks`, `fit_projectors`, `quantize`.
+Entry point: `choose_auto_ranks`, `fit_projectors`, `quantize`, `fit_quantized`.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from ..options import QuantOptions, TrainOptions
 from ..projectors.metric import output_whitening
 from ..projectors.pca import fit_pca, fit_raw
 from ..projectors.train import train_projectors
-from ..quant.design import Sources, quantize_projectors
+from ..quant.design import Sources, quantize_projectors, with_exact_sinks
 from ..quant.probe import measured_sensitivities, measured_sensitivities_streamed
 from ..ranks.auto import Search, choose_ranks
 from .job import ExportJob
@@ -59,17 +61,43 @@ def fit_projectors(job: ExportJob, key_ranks: list, value_ranks: list, method: s
     proj = fit_pca(stats, cfg, key_ranks, value_ranks, mode, job.sink, job.provenance, metric)
     if method != "trained":
         return proj
-    o = job.options
+    return _train(job, proj, metric, train)
+
+
+def _train(job: ExportJob, proj: Projectors, metric, train: TrainOptions | None = None) -> Projectors:
+    """proj trained (projectors/train.py) on the calibration text, in the output-aware metric's coordinates."""
+    o, cfg = job.options, job.config
     t = replace(train or o.train, window=fitting_window((train or o.train).window, cfg.max_positions, job.sink))
     train_windows, heldout = training_windows(job.tokenizer, o.calib, o.calib_tokens, t, job.sink)
-    return train_projectors(job.decoder, proj, key_tap(cfg, mode), train_windows, heldout, t,
+    return train_projectors(job.decoder, proj, key_tap(cfg, proj.key_mode), train_windows, heldout, t,
                             whitening=output_whitening(metric))
+
+
+def fit_quantized(job: ExportJob, key_ranks: list, value_ranks: list, q: QuantOptions | None = None,
+                  train: TrainOptions | None = None) -> Projectors:
+    """A quantized cache's codes at these ranks (before the bits drop components): fitted, then bits by q
+    (quantize). METHOD=trained starts from the output-aware code and is trained after the bits are chosen,
+    through the quantizer (train_through_quantizer): training for a float cache first would be undone by the
+    rounding it never saw."""
+    method = job.options.method
+    proj = fit_projectors(job, key_ranks, value_ranks, "output-aware" if method == "trained" else method)
+    proj = quantize(job, proj, q)
+    return train_through_quantizer(job, proj, train) if method == "trained" else proj
+
+
+def train_through_quantizer(job: ExportJob, proj: Projectors, train: TrainOptions | None = None) -> Projectors:
+    """Quantized codes (bits, steps) trained with the rounding in the forward pass (projectors/coded.py), bits
+    and steps fixed; each sink latent computed again for the trained encode."""
+    mode = proj.key_mode
+    trained = _train(job, proj, job.metric(mode), train)
+    return with_exact_sinks(trained, Sources(job.statistics(), job.config, job.tap_of(mode), job.sink))
 
 
 def quantize(job: ExportJob, proj: Projectors, q: QuantOptions | None = None) -> Projectors:
     """Bits for a quantized cache (quant/design.py), by q (default: the job's). PCA and output-aware codes are
     fitted again at the ranks the bits keep, so the sink stays exact; trained ones are not retrained (the sink's
-    latent is put back exactly, but a trained code need not reconstruct the sink's vector from it)."""
+    latent is put back exactly, but a trained code need not reconstruct the sink's vector from it; fit_quantized
+    trains after this instead)."""
     o = job.options
     q = q or o.quant
     mode, method = proj.key_mode, proj.info.get("method")

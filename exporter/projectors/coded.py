@@ -4,6 +4,11 @@ Each compressed tensor (a layer's keys or values) passes through x -> mean + dec
 same tensors the export caches (Attention.codec, model/attention.py), so what is trained or scored here is what
 is exported. TrainableCodec holds the code in whitened coordinates, where training is well-conditioned.
 
+A codec with bits (a quantized cache) is trained through its quantizer: the forward pass rounds each latent
+component as the export's static quantizer does (codec/quantizer.py; the sink at position 0 stays exact, as
+its slot is in the export), and the backward pass takes the rounding as the identity (straight-through), so
+encode and decode learn to live with the codes they will be stored as. Bits and steps stay fixed.
+
 Entry points: `CodedDecoder(decoder, projectors, key_tap)` (.hook(layer) for Attention.codec, .projectors()),
 `TrainableCodec`.
 """
@@ -13,6 +18,7 @@ import torch
 from torch import nn
 
 from ..codec.linear import Codec, Projectors
+from ..codec.scalar import gaussian_step
 
 
 class TrainableCodec(nn.Module):
@@ -41,10 +47,26 @@ class TrainableCodec(nn.Module):
         self.register_buffer("w", W.float())                                          # (dim, dim)
         self.register_buffer("w_inv", W_inv.float())
         self.register_buffer("mean", codec.mean.float().clone())                      # (dim,)
+        self.bits, self.sigma = codec.bits, codec.sigma                               # kept for to_codec
+        self.sink_exact = codec.sink is not None           # position 0 is the sink, stored exactly
+        if codec.bits is not None:                         # static steps, as LatentQuantizer's
+            steps = [gaussian_step(int(b)) for b in codec.bits]
+            self.register_buffer("step", (torch.tensor(steps, dtype=torch.float64) * codec.sigma).float())  # (r,)
+            self.register_buffer("levels", torch.exp2(codec.bits.float()))            # (r,)
+
+    def rounded(self, c: torch.Tensor) -> torch.Tensor:
+        """The latents c (B, T, r) as the quantizer stores them, with the identity's gradient (straight-through)."""
+        half = self.levels / 2
+        q = (torch.clamp(torch.floor(c / self.step), -half, half - 1) + 0.5) * self.step
+        if self.sink_exact:
+            q = torch.cat([c[:, :1], q[:, 1:]], dim=1)
+        return c + (q - c).detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, dim) -> coded x (B, T, dim), or per query head (B, T, H*d)."""
         c = (x - self.mean) @ self.w.T @ self.ue                                      # (B, T, r)
+        if self.bits is not None:
+            c = self.rounded(c)
         if self.groups is None:
             return self.mean + c @ self.ud.T @ self.w_inv.T
         dec, mean = self._head_decodes(self.w_inv, self.ud, self.mean)                # (H, d, r), (H, d)
@@ -64,13 +86,15 @@ class TrainableCodec(nn.Module):
         return dec, mean.view(G, -1)[self.groups]                                     # (H, d, r), (H, d)
 
     def to_codec(self) -> Codec:
+        """The trained code; a quantized one keeps its bits and scales (its sink latent is the caller's: the
+        encode changed)."""
         w, w_inv, ue, ud, mean = (t.detach().double() for t in (self.w, self.w_inv, self.ue, self.ud, self.mean))
         if self.groups is None:
-            return Codec(w_inv @ ud, mean, ue.T @ w)
+            return Codec(w_inv @ ud, mean, ue.T @ w, bits=self.bits, sigma=self.sigma)
         dec, _ = self._head_decodes(w_inv, ud, mean)                                  # (H, d, r)
         G = int(self.groups.max()) + 1
         shared = torch.stack([dec[self.groups == g].mean(0) for g in range(G)]).flatten(0, 1)   # (G*d, r)
-        return Codec(shared, mean, ue.T @ w, head_decode=dec)
+        return Codec(shared, mean, ue.T @ w, head_decode=dec, bits=self.bits, sigma=self.sigma)
 
 
 def _embed_heads(head_decode: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:

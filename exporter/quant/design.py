@@ -85,6 +85,18 @@ def quantize_projectors(proj: Projectors, q: QuantOptions, src: Sources, refit=N
     return out
 
 
+def sink_latent(c, src: Sources, layer: int, kind: str):
+    """The sink's exact latent under codec c (r,), or None without a sink token."""
+    return None if src.sink_id is None else c.encode @ (src.stats.sinks[(layer, src.tap_of(kind))] - c.mean)
+
+
+def with_exact_sinks(proj: Projectors, src: Sources) -> Projectors:
+    """The projectors with every quantized codec's sink latent computed again (after its encode changed)."""
+    fix = lambda i, kind, c: c if c is None or c.bits is None else replace(c, sink=sink_latent(c, src, i, kind))
+    return replace(proj, keys=[fix(i, "key", c) for i, c in enumerate(proj.keys)],
+                   values=[fix(i, "value", c) for i, c in enumerate(proj.values)])
+
+
 def _times(curves: dict, factors: dict | None) -> dict:
     return curves if factors is None else {t: [[e * factors[t] for e in c] for c in cs] for t, cs in curves.items()}
 
@@ -92,14 +104,13 @@ def _times(curves: dict, factors: dict | None) -> dict:
 def _coded(proj, bits, sigmas, scales, src: Sources, q: QuantOptions) -> Projectors:
     """The projectors with each codec cut to its components with bits, carrying bits, scales and sink.
     scales {(layer, kind): (MAX_BITS, r)} fitted static scales per bit width, or None (the sigmas)."""
-    sinks, sink_id, tap_of = src.stats.sinks, src.sink_id, src.tap_of
     keys, values = list(proj.keys), list(proj.values)
     for (i, kind), b in bits.items():
         c = proj.key(i) if kind == "key" else proj.value(i)
         keep = [j for j, x in enumerate(b) if x > 0]
         if not keep:
             raise UserError(f"QUANT_RATIO={q.ratio:g} leaves layer {i}'s {kind}s no bits: lower QUANT_RATIO")
-        sink = None if sink_id is None else c.encode @ (sinks[(i, tap_of(kind))] - c.mean)
+        sink = sink_latent(c, src, i, kind)
         sigma = sigmas[(i, kind)]
         if scales is not None and (i, kind) in scales:
             sigma = torch.stack([scales[(i, kind)][max(x, 1) - 1, j] for j, x in enumerate(b)])

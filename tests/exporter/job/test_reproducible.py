@@ -1,5 +1,5 @@
 """Same inputs and seed, same bytes, on any thread count: model.onnx, projectors.safetensors and export.json of
-the default export, QUANT=spectral and METHOD=trained, made by fresh processes with 1 and with 2 threads.
+the default export, QUANT=spectral, METHOD=trained and both (trained through the quantizer), made by fresh processes with 1 and with 2 threads.
 
 Each process has its own working directory, so neither reuses the other's calibration statistics: every float
 reduction (covariances, probe KLs, scale fits, training steps) runs at both thread counts."""
@@ -18,6 +18,8 @@ SETTINGS = {
     "default": [],                                          # K=full, the int8 cache (options.DEFAULT_EXPORT)
     "spectral": ["--k", "full", "--quant", "spectral", "--quant-ratio", "4"],
     "trained": ["--k", "8", "--method", "trained", "--train-steps", "4"],
+    "trained-spectral": ["--k", "full", "--method", "trained", "--quant", "spectral", "--quant-ratio", "4",
+                         "--train-steps", "4"],
 }
 FILES = ("model.onnx", "projectors.safetensors", "export.json")
 
