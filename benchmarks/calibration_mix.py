@@ -6,7 +6,7 @@ scored on more than one text, with the uncompressed model's perplexity on each t
         [--evals WIKI2,BOOK] [--eval-tokens 8192]
 
 The codec is what `make export K=full QUANT=spectral QUANT_RATIO=<ratio> CALIB=<spec> CALIB_TOKENS=<n>` fits
-(job/stages.fit_projectors, then quantize), scored with the PyTorch reference decoder it is built from (the
+(job/stages.fit_quantized), scored with the PyTorch reference decoder it is built from (the
 acceptance figures come from `make validate` on exports). Calibration specs are separated by ';' (a spec is
 one file or a mix, calib/text.py: "a.txt,b.txt@0.5" takes turns of 2048 tokens from each, b from half of its
 tokens on). An evaluation text is scored on its first --eval-tokens tokens in windows of 2048 after the sink
@@ -29,10 +29,9 @@ from exporter.job.job import ExportJob
 from exporter.job.stages import fit_quantized
 from exporter.model.fold import build_decoder
 from exporter.model.load import load
-from exporter.options import DATA_DIR, ExportOptions, QuantOptions, parse_rank, per_layer
+from exporter.options import DATA_DIR, DEFAULT_CALIB, DEFAULT_EVAL, ExportOptions, QuantOptions, parse_rank, per_layer
 
-NAMES = {"WIKI": DATA_DIR / "wikitext-103-valid.tokens.txt", "WIKI2": DATA_DIR / "wikitext-2-raw-test.txt",
-         "BOOK": DATA_DIR / "pg1342-pride-and-prejudice.txt"}
+NAMES = {"WIKI": DEFAULT_CALIB, "WIKI2": DEFAULT_EVAL, "BOOK": DATA_DIR / "pg1342-pride-and-prejudice.txt"}
 
 
 def expand(spec: str) -> str:

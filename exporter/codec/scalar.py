@@ -8,7 +8,7 @@ On a unit Gaussian the best step (Max, 1960) and the error it leaves are `gaussi
 (static scales) unless a fitted scale replaces sigma (quant/scales.py). Token scales name a per-token,
 per-group scale with one byte e: 2^(e/8 - 16) (`scale_table`).
 
-Entry point: `gaussian_step(bits)`, `gaussian_mse(bits)`, `scale_table()`.
+Entry point: `gaussian_step(bits)`, `gaussian_mse(bits)`, `rounded(c, step, levels)`, `scale_table()`.
 """
 from __future__ import annotations
 
@@ -49,6 +49,12 @@ def gaussian_mse(bits: int) -> float:
     """The error that quantizer leaves of a unit variance: 1 at 0 bits (dropped), 0.363 at 1, 0.119 at 2,
     0.0374 at 3, 0.0115 at 4 (Max, 1960); about 4^-bits x 1.4 at high rates, and more at low ones."""
     return 1.0 if bits == 0 else _gaussian_mse(bits, gaussian_step(bits))
+
+
+def rounded(c: torch.Tensor, step, levels) -> torch.Tensor:
+    """c^ of the formula above: c rounded to the quantizer's level (steps and level counts broadcast with c)."""
+    half = levels / 2
+    return (torch.clamp(torch.floor(c / step), -half, half - 1) + 0.5) * step
 
 
 def scale_table() -> torch.Tensor:

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from ..codec.linear import Codec, Projectors
-from ..codec.scalar import gaussian_step
+from ..codec.quantizer import quantizer_for
+from ..codec.scalar import rounded
 
 
 class TrainableCodec(nn.Module):
@@ -49,15 +50,11 @@ class TrainableCodec(nn.Module):
         self.register_buffer("mean", codec.mean.float().clone())                      # (dim,)
         self.bits, self.sigma = codec.bits, codec.sigma                               # kept for to_codec
         self.sink_exact = codec.sink is not None           # position 0 is the sink, stored exactly
-        if codec.bits is not None:                         # static steps, as LatentQuantizer's
-            steps = [gaussian_step(int(b)) for b in codec.bits]
-            self.register_buffer("step", (torch.tensor(steps, dtype=torch.float64) * codec.sigma).float())  # (r,)
-            self.register_buffer("levels", torch.exp2(codec.bits.float()))            # (r,)
+        self.quantizer = quantizer_for(codec, "static", group=1)      # the export's steps (None: a float cache)
 
     def rounded(self, c: torch.Tensor) -> torch.Tensor:
         """The latents c (B, T, r) as the quantizer stores them, with the identity's gradient (straight-through)."""
-        half = self.levels / 2
-        q = (torch.clamp(torch.floor(c / self.step), -half, half - 1) + 0.5) * self.step
+        q = rounded(c, self.quantizer.step, self.quantizer.levels)
         if self.sink_exact:
             q = torch.cat([c[:, :1], q[:, 1:]], dim=1)
         return c + (q - c).detach()

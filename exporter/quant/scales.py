@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..codec.linear import Codec
-from ..codec.scalar import gaussian_step
+from ..codec.scalar import gaussian_step, rounded
 
 SCALE_MULTIPLIERS = torch.logspace(-0.5, 3, 36, base=2, dtype=torch.float64)   # 0.71 .. 8 x the std
 
@@ -33,13 +33,11 @@ def scale_search(z: torch.Tensor, sigma: torch.Tensor, bits: list[int]):
     (sigma x the best multiplier) that gives it. Returns errors, scales, both (len(bits), r)."""
     errors, scales = [], []
     for b in bits:
-        half = 2.0 ** b / 2
         best = torch.full_like(sigma, float("inf"))
         scale = sigma.clone()
         for m in SCALE_MULTIPLIERS:
             step = gaussian_step(b) * sigma * m
-            k = torch.clamp(torch.floor(z / step), -half, half - 1)
-            err = ((k + 0.5) * step - z).pow(2).mean(0)                             # (r,)
+            err = (rounded(z, step, 2.0 ** b) - z).pow(2).mean(0)                   # (r,)
             better = err < best
             best, scale = torch.where(better, err, best), torch.where(better, sigma * m, scale)
         errors.append(best)
