@@ -201,14 +201,21 @@ class Attention(nn.Module):
             return self._banded_scores(scores, exact_scores, T), present, window
         k = self._per_head(self.k_proj(x), B, T, self.G, self.k_norm)        # (B, G, T, d)
         self._tap("key_pre", k)
+        windowed = self._training_window()   # then also the keys as the window holds them: coded, not rounded
+        exact = self._code("key_pre", k, rounding=False) if windowed else None
         k = self._code("key_pre", k)
         if rope_new is not None:
             k = apply_rope(k, *rope_new)
+            exact = apply_rope(exact, *rope_new) if windowed else None
         self._tap("key_post", k)
+        exact = self._code("key_post", exact, rounding=False) if windowed else None
         k = self._code("key_post", k)
         if self.key_mode == "full":
             present = torch.cat([past_k, k], dim=2)                          # (B, G, S, d)
-            return grouped_matmul(q, present.transpose(-1, -2), self.G), present, None
+            scores = grouped_matmul(q, present.transpose(-1, -2), self.G)    # (B, H, T, S)
+            if windowed:                                                     # no past in training: S == T
+                scores = self._banded_scores(scores, grouped_matmul(q, exact.transpose(-1, -2), self.G), T)
+            return scores, present, None
         c = self.key_encode(k.transpose(1, 2).reshape(B, T, -1)).unsqueeze(1)  # (B, 1, T, r)
         exact = c
         c, present = self._append(self.key_quant, past_k, c, sink_slots)     # (B, 1, S, r), present
@@ -258,13 +265,15 @@ class Attention(nn.Module):
         if self.value_rank is None:
             v = self.v_proj(x).view(B, T, self.G, self.d).transpose(1, 2)    # (B, G, T, d)
             self._tap("value", v)
+            exact = self._code("value", v, rounding=False) if self._training_window() else None
             v = self._code("value", v)
             if v.shape[1] != self.G:        # training: decoded per query head (B, H, T, d), no past (projectors/coded.py)
-                return probs @ v, v, None
+                return self._exact_band(probs @ v, probs, v, exact), v, None
             present = torch.cat([past_v, v], dim=2)                          # (B, G, S, d)
             if self.tap is not None and self.tap.wants("value_mix"):      # (B, H, T, S) work: asked for only
                 self._tap_mix(probs, present)
-            return grouped_matmul(probs, present, self.G), present, None     # (B, H, T, d)
+            out = grouped_matmul(probs, present, self.G)                     # (B, H, T, d)
+            return self._exact_band(out, probs, v, exact), present, None
         c = self.v_proj(x).unsqueeze(1)                                      # (B, 1, T, r)
         exact = c
         c, present = self._append(self.value_quant, past_v, c, sink_slots)   # (B, 1, S, r), present
@@ -276,6 +285,21 @@ class Attention(nn.Module):
         band = self._band(T, E).to(probs.dtype)                              # (T, E)
         # in the band a query reads the exact latent instead of the decoded one: add what it lacks
         return out + (probs[..., S - E:] * band) @ (tail - c[:, :, S - E:]), present, window
+
+    def _training_window(self) -> bool:
+        """Training a quantized code for an export with a float window (projectors/coded.py sets float_window on
+        the uncompressed layers it codes): a query reads its last W keys and values as the window holds them, the
+        codes' latents unrounded, and the older ones rounded."""
+        return self.codec is not None and self.float_window >= 2
+
+    def _exact_band(self, out, probs, coded, exact):
+        """out (B, H, T, d) mixed from the rounded values coded (B, G or H, T, d), with each query's band of its
+        last W read from the unrounded ones exact instead (training a float window; no past: S == T)."""
+        if exact is None:
+            return out
+        per_head = lambda v: v.repeat_interleave(self.H // v.shape[1], dim=1)          # (B, H, T, d)
+        band = self._band(probs.shape[2], probs.shape[3]).to(probs.dtype)               # (T, T)
+        return out + (probs * band) @ (per_head(exact) - per_head(coded))
 
     def _pre_rope_keys(self, c, rope_all):
         """Latents (B, 1, S, r) -> keys (B, G, S, d), rebuilt and rotated at their positions."""
@@ -336,13 +360,15 @@ class Attention(nn.Module):
         p = probs[..., 1:]                                                   # (B, H, T, S-1)
         self._tap("value_mix", torch.cat([p @ v_all[:, None], p.sum(-1, keepdim=True)], dim=-1))  # (B,H,T,G*d+1)
 
-    def _code(self, name: str, heads: torch.Tensor) -> torch.Tensor:
+    def _code(self, name: str, heads: torch.Tensor, rounding: bool = True) -> torch.Tensor:
         """Training: an uncompressed layer that codes its keys or values as a compressed one would, so the
-        projectors can learn through the whole model (projectors/train.py). heads (B, nh, T, d)."""
+        projectors can learn through the whole model (projectors/train.py). heads (B, nh, T, d). rounding=False:
+        a quantized code's latents as a float window holds them."""
         if self.codec is None:
             return heads
         B, nh, T, d = heads.shape
-        coded = self.codec(name, heads.transpose(1, 2).flatten(2))           # (B, T, nh*d or H*d) or None
+        x = heads.transpose(1, 2).flatten(2)                                 # (B, T, nh*d)
+        coded = self.codec(name, x) if rounding else self.codec(name, x, rounding=False)   # (B, T, nh*d or H*d)
         return heads if coded is None else coded.view(B, T, -1, d).transpose(1, 2)
 
     def _tap(self, name: str, heads: torch.Tensor) -> None:

@@ -7,7 +7,9 @@ is exported. TrainableCodec holds the code in whitened coordinates, where traini
 A codec with bits (a quantized cache) is trained through its quantizer: the forward pass rounds each latent
 component as the export's static quantizer does (codec/quantizer.py; the sink at position 0 stays exact, as
 its slot is in the export), and the backward pass takes the rounding as the identity (straight-through), so
-encode and decode learn to live with the codes they will be stored as. Bits and steps stay fixed.
+encode and decode learn to live with the codes they will be stored as. Bits and steps stay fixed. With a float
+window (QUANT_WINDOW=W) each query reads its last W tokens' latents unrounded, in float16 as the window keeps them
+(Attention._training_window), so training spends the code on the tokens the codes serve.
 
 Entry points: `CodedDecoder(decoder, projectors, key_tap)` (.hook(layer) for Attention.codec, .projectors()),
 `TrainableCodec`.
@@ -59,11 +61,19 @@ class TrainableCodec(nn.Module):
             q = torch.cat([c[:, :1], q[:, 1:]], dim=1)
         return c + (q - c).detach()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T, dim) -> coded x (B, T, dim), or per query head (B, T, H*d)."""
+    def in_float16(self, c: torch.Tensor) -> torch.Tensor:
+        """The latents c (B, T, r) as a float window keeps them (float16; the sink's slot exact), identity gradient."""
+        q = c.to(torch.float16).to(c.dtype)
+        if self.sink_exact:
+            q = torch.cat([c[:, :1], q[:, 1:]], dim=1)
+        return c + (q - c).detach()
+
+    def forward(self, x: torch.Tensor, rounding: bool = True) -> torch.Tensor:
+        """x (B, T, dim) -> coded x (B, T, dim), or per query head (B, T, H*d); rounding=False: the latents as a
+        float window holds them, in float16."""
         c = (x - self.mean) @ self.w.T @ self.ue                                      # (B, T, r)
         if self.bits is not None:
-            c = self.rounded(c)
+            c = self.rounded(c) if rounding else self.in_float16(c)
         if self.groups is None:
             return self.mean + c @ self.ud.T @ self.w_inv.T
         dec, mean = self._head_decodes(self.w_inv, self.ud, self.mean)                # (H, d, r), (H, d)
@@ -120,16 +130,20 @@ class CodedDecoder:
                 groups = torch.arange(H) // (H // G) if per_head else None
                 self.codecs[f"{i}_{kind}"] = TrainableCodec(c, whitening(i, kind) if whitening else None, groups)
         self.errors: list[torch.Tensor] | None = None   # set: observe only and collect squared errors
+        # a quantized export's float window: its layers read each query's last W tokens exact (model/attention.py)
+        window = proj.info.get("quant", {}).get("float_window", 0)
+        self.float_windows = {i: window for i in range(len(decoder.blocks))
+                              if all(c.bits is not None for k, c in self.codecs.items() if k.startswith(f"{i}_"))}
 
     def hook(self, layer: int):
         names = {self.key_tap: f"{layer}_key", "value": f"{layer}_value"}
 
-        def code(name, x):                                                   # x (B, T, dim)
+        def code(name, x, rounding=True):                                    # x (B, T, dim)
             key = names.get(name)
             if key is None or key not in self.codecs:
                 return None
-            coded = self.codecs[key](x)
-            if self.errors is not None:          # reconstruction loss: the sink (position 0) is exact anyway
+            coded = self.codecs[key](x, rounding)
+            if self.errors is not None and rounding:   # reconstruction loss: the sink (position 0) is exact anyway
                 self.errors.append((coded - self.codecs[key].layout(x))[:, 1:].pow(2).sum(-1).mean())
                 return None
             return coded
@@ -140,14 +154,17 @@ class CodedDecoder:
         states = []
         hooks = [m.register_forward_pre_hook(lambda m, args: states.append(args[0]))
                  for m in (*self.decoder.blocks, self.decoder.norm)] if hidden else []
+        windows = [blk.attn.float_window for blk in self.decoder.blocks]
         for i, blk in enumerate(self.decoder.blocks):
             blk.attn.codec = self.hook(i) if coded else None
+            blk.attn.float_window = self.float_windows.get(i, 0) if coded else windows[i]
         try:
             logits = self.decoder(ids, torch.ones_like(ids), torch.arange(ids.shape[1])[None],
                                   *self.decoder.empty_past(1))[0]
         finally:
-            for blk in self.decoder.blocks:
+            for blk, window in zip(self.decoder.blocks, windows):
                 blk.attn.codec = None
+                blk.attn.float_window = window
             for h in hooks:
                 h.remove()
         return logits, states

@@ -139,6 +139,7 @@ def train_projectors(decoder, init: Projectors, key_tap: str, train: list[list[i
     model.codecs.load_state_dict(best_state)
     info = {"method": "trained", "init_method": init.info.get("method"),
             "training": {**asdict(o), "through_quantizer": any(c.bits is not None for c in model.codecs.values()),
+                         "float_window": max(model.float_windows.values(), default=0),
                          "best_step": best_step, "steps_run": curve[-1]["step"],
                          "seconds": round(time.time() - t0, 1), "heldout_windows": len(heldout),
                          "train_windows": len(train), "curve": curve}}

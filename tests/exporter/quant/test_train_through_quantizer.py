@@ -4,6 +4,7 @@ bits and steps stay, each sink latent follows the trained encode, and the export
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,14 @@ from exporter.errors import UserError
 from exporter.job.checks import is_quantized
 from exporter.job.job import ExportJob
 from exporter.job.stages import fit_projectors, quantize, train_through_quantizer
+from exporter.model.fold import build_decoder
 from exporter.options import ExportOptions, QuantOptions, TrainOptions
-from exporter.projectors.coded import TrainableCodec
+from exporter.projectors.coded import CodedDecoder, TrainableCodec
 from exporter.projectors.train import train_projectors
 from tests.helpers import CALIB_TOKENS, load_ref, prompts
 from validate.ort_model import OrtModel
 from validate.parity import check_parity, hf_original
+from validate.tolerances import within
 
 TRAIN = TrainOptions(max_steps=8, window=128, eval_every=4, patience=10, heldout_tokens=512)
 
@@ -52,9 +55,29 @@ def job(tiny_model_dir):
     return ExportJob.start(o)
 
 
-def quantized_code(job):
+def quantized_code(job, float_window: int = 0):
     full = [job.config.kv_dim] * job.config.num_layers
-    return quantize(job, fit_projectors(job, full, full, "output-aware"))
+    q = replace(job.options.quant, float_window=float_window)
+    return quantize(job, fit_projectors(job, full, full, "output-aware"), q)
+
+
+def test_training_computes_what_the_export_computes(job):
+    """The coded model training differentiates (the uncompressed decoder, each tensor coded and rounded) gives the
+    logits of the export's reference decoder, with a float window too (each query reads its last W exact): so
+    training optimises the cache the export has, the window's band included."""
+    train, _ = training_windows(job.tokenizer, job.options.calib, job.options.calib_tokens, TRAIN, job.sink)
+    ids = torch.tensor([train[0][:96]])
+    logits = {}
+    for window in (0, 6):
+        proj = quantized_code(job, window)
+        assert proj.info["quant"].get("float_window", 0) == window
+        ref = build_decoder(job.hf, proj)
+        with torch.no_grad():
+            exported = ref(ids, torch.ones_like(ids), torch.arange(ids.shape[1])[None], *ref.empty_past(1))[0]
+            trained = CodedDecoder(job.decoder, proj, key_tap(job.config, proj.key_mode))(ids)[0]
+        assert within((trained - exported).abs().max().item(), exported.abs().max().item())
+        logits[window] = trained
+    assert (logits[6] - logits[0]).abs().max() > 1e-2      # the window changes what is computed
 
 
 def test_training_through_the_quantizer_lowers_the_coded_kl(job):
@@ -66,7 +89,7 @@ def test_training_through_the_quantizer_lowers_the_coded_kl(job):
                                progress=False)
     curve = [c["heldout"] for c in trained.info["training"]["curve"]]
     assert min(curve[1:]) < curve[0]
-    assert trained.info["training"]["through_quantizer"]
+    assert trained.info["training"]["through_quantizer"] and trained.info["training"]["float_window"] == 0
 
 
 def test_bits_and_steps_stay_and_the_sink_follows_the_encode(job):

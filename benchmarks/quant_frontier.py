@@ -1,0 +1,149 @@
+"""The quantized cache's frontier from ONNX exports, in one run: each row an exporter command at 4x, 8x or 16x
+fewer KV bytes than float16, built when its directory is missing (or was built by other arguments), then scored
+by `python -m validate` on WikiText-2 test (32,768 tokens, the acceptance text) and on a second text that is not
+WikiText (Pride and Prejudice's first 16,384 tokens). Bytes are validate's, measured on the ONNX outputs: codes,
+scale bytes and, with a float window, the whole cache at the window's context over its tokens. The table is
+written after every row, so a stopped run keeps what it measured and the same command goes on from there.
+
+    python -m benchmarks.quant_frontier [--rows codec-8,window-8,...] [--eval-tokens 32768] [--second-tokens 16384]
+                                        [--model M]
+
+The rows are the levers of docs/quantization.md, each alone and combined: the spectral codec, a float window of
+16 tokens (at 16x with K=160, which leaves the window its bytes), training through the quantizer (the long
+schedule of docs/projectors.md; with a window, the training reads each query's last 16 tokens as the window
+holds them) and both. Writes build/quant-frontier/frontier.md / .json; exports and logs in build/quant-frontier/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from exporter.options import DATA_DIR, DEFAULT_EVAL
+
+OUT = os.path.join("build", "quant-frontier")
+SECOND = DATA_DIR / "pg1342-pride-and-prejudice.txt"
+TRAINED = ["--method", "trained", "--train-steps", "192", "--train-lr", "6e-4", "--train-schedule", "cosine",
+           "--train-tokens", "131072"]
+WINDOW = ["--quant-window", "16"]
+
+
+def codec(ratio: int, k: str = "full") -> list[str]:
+    return ["--k", k, "--quant", "spectral", "--quant-ratio", str(ratio)]
+
+
+# name: (lever, exporter arguments); 16x with a window needs K below full (docs/quantization.md)
+ROWS = {
+    "codec-4": ("spectral codec", codec(4)),
+    "codec-8": ("spectral codec", codec(8)),
+    "codec-16": ("spectral codec", codec(16)),
+    "window-4": ("+ float window 16", codec(4) + WINDOW),
+    "window-8": ("+ float window 16", codec(8) + WINDOW),
+    "window-16": ("+ float window 16, K=160", codec(16, "160") + WINDOW),
+    "trained-4": ("+ trained through the quantizer", codec(4) + TRAINED),
+    "trained-8": ("+ trained through the quantizer", codec(8) + TRAINED),
+    "trained-16": ("+ trained through the quantizer", codec(16) + TRAINED),
+    "trained-window-4": ("+ window 16 + trained", codec(4) + WINDOW + TRAINED),
+    "trained-window-8": ("+ window 16 + trained", codec(8) + WINDOW + TRAINED),
+    "trained-window-16": ("+ window 16 + trained, K=160", codec(16, "160") + WINDOW + TRAINED),
+}
+
+
+def run(cmd: list[str], log: str) -> float:
+    """cmd run with its output in log; seconds taken. A failure stops the run with the log's path."""
+    t0 = time.time()
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        if subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT) != 0:
+            sys.exit(f"quant_frontier: `{' '.join(cmd)}` failed; see {log}")
+    return time.time() - t0
+
+
+def export(name: str, args: list[str]) -> tuple[str, float | None]:
+    """The row's export directory, built unless it holds an export of the same arguments; seconds or None."""
+    out = os.path.join(OUT, name)
+    stamp = os.path.join(OUT, f"{name}.args.json")
+    if os.path.exists(os.path.join(out, "model.onnx")) and os.path.exists(stamp) and \
+            json.load(open(stamp)) == args:
+        return out, None
+    seconds = run([sys.executable, "-m", "exporter", "--out", out, *args], os.path.join(OUT, f"{name}.log"))
+    with open(stamp, "w") as f:
+        json.dump(args, f)
+    return out, seconds
+
+
+def score(name: str, out: str, text, tokens: int, label: str) -> dict:
+    """validate's report of one text (kept beside the export as report-<label>.json)."""
+    seconds = run([sys.executable, "-m", "validate", "--export", out, "--eval", str(text), "--eval-tokens",
+                   str(tokens)], os.path.join(OUT, f"{name}.log"))
+    kept = os.path.join(out, f"report-{label}.json")
+    shutil.copyfile(os.path.join(out, "report.json"), kept)
+    report = json.load(open(kept))
+    report["seconds"] = round(seconds)
+    return report
+
+
+def summary(r: dict) -> dict:
+    q, p, kv = r["quality"], r["parity"], r["kv"]
+    per_token = kv.get("per_token_at_context") or kv["measured"]
+    return {"ppl_original": q["ppl_original"], "ppl_increase_pct": q["ppl_increase_pct"], "kl": q["kl_mean"],
+            "top1": q["top1_agreement"], "parity_passed": p["passed"], "parity_kl": p.get("kl_mean"),
+            "parity_cost": p.get("kl_cost"), "bytes_per_token": per_token,
+            "x_fewer": kv["original_fp16"] / per_token, "seconds": r["seconds"]}
+
+
+def table(rows: list[dict], a) -> str:
+    lines = [f"Quantized-cache frontier (`python -m benchmarks.quant_frontier`), {rows[0]['model']}; perplexity change "
+             f"against the uncompressed model on WikiText-2 test ({a.eval_tokens} tokens) and on "
+             f"{SECOND.name} ({a.second_tokens} tokens); bytes measured on the ONNX outputs by validate.", "",
+             "| row | lever | KV B/token | x fewer than fp16 | WikiText-2 | KL | top-1 | parity (KL / cost) "
+             "| second text | its parity | export s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        w, s = r["wikitext2"], r["second"]
+        parity = lambda x: ("pass" if x["parity_passed"] else "FAIL") + (
+            f" ({x['parity_kl']:.2g} / {x['parity_cost']:.2g})" if x["parity_kl"] is not None else "")
+        lines.append(f"| {r['row']} | {r['lever']} | {w['bytes_per_token']:,.1f} | {w['x_fewer']:.2f} | "
+                     f"{w['ppl_increase_pct']:+.2f} % | {w['kl']:.4f} | {100 * w['top1']:.1f} % | {parity(w)} | "
+                     f"{s['ppl_increase_pct']:+.2f} % | {parity(s)} | "
+                     f"{'reused' if r['export_seconds'] is None else round(r['export_seconds'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.quant_frontier", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of: {', '.join(ROWS)}")
+    p.add_argument("--model", default=None, help="exporter --model (default: SmolLM2-135M)")
+    p.add_argument("--eval-tokens", type=int, default=32768)
+    p.add_argument("--second-tokens", type=int, default=16384)
+    a = p.parse_args(argv)
+    names = [n for n in a.rows.split(",") if n]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        p.error(f"unknown rows {unknown}: choose from {', '.join(ROWS)}")
+    os.makedirs(OUT, exist_ok=True)
+    rows = []
+    for name in names:
+        lever, args = ROWS[name]
+        args = args + (["--model", a.model] if a.model else [])
+        out, seconds = export(name, args)
+        first = score(name, out, DEFAULT_EVAL, a.eval_tokens, "wikitext2")
+        rows.append({"row": name, "lever": lever, "model": first["model"], "args": args, "export_seconds": seconds,
+                     "wikitext2": summary(first), "second": summary(score(name, out, SECOND, a.second_tokens,
+                                                                          "second"))})
+        with open(os.path.join(OUT, "frontier.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+        with open(os.path.join(OUT, "frontier.md"), "w") as f:
+            f.write(table(rows, a))
+        print(table(rows, a), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
