@@ -50,7 +50,7 @@ MAX_NEW_TOKENS ?= 64
 PYTEST_ARGS ?=
 TEXT      ?=
 
-.PHONY: setup optimum-setup export validate generate analyze interop test test-fast clean help bench-runtime bench-batch bench-llama-cpp frontier
+.PHONY: setup optimum-setup export validate generate analyze interop test test-fast clean help bench-runtime bench-batch bench-llama-cpp bench-quant-frontier frontier
 
 help:
 	@echo "make export                              the default: K=full, an int8 cache our attention kernel reads (KV_KERNEL=codes)"
@@ -75,6 +75,7 @@ help:
 	@echo "make bench-runtime [BENCH_ARGS=...]       ours vs onnxruntime-genai, HF, optimum (TTFT, tok/s, RSS) -> build/bench-runtime.md"
 	@echo "make bench-batch [BENCH_ARGS=...]         batch x context grid: K=full, the int8 default, genai, llama.cpp (docs/runtime_speed.md)"
 	@echo "make bench-llama-cpp [BENCH_ARGS=...]     llama.cpp alone: batch-1 decode and perplexity per cache type"
+	@echo "make bench-quant-frontier [BENCH_ARGS=--rows ...]  4x/8x/16x quantized exports x levers, scored on two texts (hours)"
 
 setup: $(STAMP) $(KERNELS_LIB)
 
@@ -159,6 +160,10 @@ bench-batch: setup
 
 # llama.cpp alone (built into build/llama-cpp first, about 10 min): decode at batch 1 per cache type and depth, and
 # its perplexity change per cache type on the WikiText-2 windows `make validate` reads
+# the quantized cache's frontier: each row an export (built when missing), scored by validate on WikiText-2 and a book
+bench-quant-frontier: setup
+	$(PYTHON) -m benchmarks.quant_frontier $(BENCH_ARGS)
+
 bench-llama-cpp: setup
 	$(PYTHON) -m benchmarks.llama_cpp_peer --perplexity $(BENCH_ARGS)
 
