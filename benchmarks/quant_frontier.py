@@ -3,29 +3,31 @@ fewer KV bytes than float16, built when its directory is missing (or was built b
 by `python -m validate` on WikiText-2 test (32,768 tokens, the acceptance text) and on a second text that is not
 WikiText (Pride and Prejudice's first 16,384 tokens). Bytes are validate's, measured on the ONNX outputs: codes,
 scale bytes and, with a float window, the whole cache at the window's context over its tokens. The table is
-written after every row, so a stopped run keeps what it measured and the same command goes on from there.
+written after every row, from every row kept in build/quant-frontier (not only this call's), so a stopped run
+keeps what it measured and the same command goes on from there. Each row says the commit its export was built at
+(`+local` when exporter/ or graphs/ had uncommitted changes), so a table gathered over several calls shows whether
+its rows were built by the same code.
 
     python -m benchmarks.quant_frontier [--rows codec-8,window-8,...] [--eval-tokens 32768] [--second-tokens 16384]
-                                        [--model M]
+                                        [--model M] [--out DIR]
 
 The rows are the levers of docs/quantization.md, each alone and combined: the spectral codec, a float window of
 16 tokens (at 16x with K=160, which leaves the window its bytes), training through the quantizer (the long
 schedule of docs/projectors.md; with a window, the training reads each query's last 16 tokens as the window
-holds them) and both. Writes build/quant-frontier/frontier.md / .json; exports and logs in build/quant-frontier/.
+holds them) and both. Writes frontier.md / .json, the exports and their logs in --out (build/quant-frontier/).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 
 from exporter.options import DATA_DIR, DEFAULT_EVAL
 
-OUT = os.path.join("build", "quant-frontier")
+OUT = os.path.join("build", "quant-frontier")  # the default --out
 SECOND = DATA_DIR / "pg1342-pride-and-prejudice.txt"
 TRAINED = ["--method", "trained", "--train-steps", "192", "--train-lr", "6e-4", "--train-schedule", "cosine",
            "--train-tokens", "131072"]
@@ -64,34 +66,61 @@ def run(cmd: list[str], log: str) -> float:
     return time.time() - t0
 
 
-def export(name: str, args: list[str]) -> tuple[str, float | None]:
-    """The row's export directory, built unless it holds an export of the same arguments; seconds or None."""
-    out = os.path.join(OUT, name)
-    stamp = os.path.join(OUT, f"{name}.args.json")
-    if os.path.exists(os.path.join(out, "model.onnx")) and os.path.exists(stamp) and \
-            json.load(open(stamp)) == args:
-        return out, None
-    seconds = run([sys.executable, "-m", "exporter", "--out", out, *args], os.path.join(OUT, f"{name}.log"))
-    with open(stamp, "w") as f:
-        json.dump(args, f)
-    return out, seconds
+def code_version() -> str:
+    """The commit the exporter runs from, `+local` when exporter/ or graphs/ differ from it; '?' outside git."""
+    def git(*cmd):
+        return subprocess.run(["git", *cmd], capture_output=True, text=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "?"
+    return commit + ("+local" if git("status", "--porcelain", "--", "exporter", "graphs") else "")
 
 
-def score(name: str, out: str, text, tokens: int, label: str, reuse: bool) -> dict:
-    """validate's report of one text, kept beside the export as report-<label>.json; with reuse (the export was
-    not rebuilt), the kept one when it scored the same text and number of tokens."""
+def built(root: str, name: str, args: list[str]) -> dict | None:
+    """The row's stamp ({args, seconds, commit}) when its directory holds an export of these arguments."""
+    stamp = os.path.join(root, f"{name}.args.json")
+    if not (os.path.exists(os.path.join(root, name, "model.onnx")) and os.path.exists(stamp)):
+        return None
+    kept = json.load(open(stamp))
+    if isinstance(kept, list):  # the first stamps held the arguments alone
+        kept = {"args": kept, "seconds": None, "commit": "?"}
+    return kept if kept["args"] == args else None
+
+
+def export(root: str, name: str, args: list[str]) -> tuple[str, bool]:
+    """The row's export directory, built unless it holds an export of the same arguments; whether it was built."""
+    out = os.path.join(root, name)
+    if built(root, name, args):
+        return out, False
+    commit = code_version()
+    seconds = run([sys.executable, "-m", "exporter", "--out", out, *args], os.path.join(root, f"{name}.log"))
+    with open(os.path.join(root, f"{name}.args.json"), "w") as f:
+        json.dump({"args": args, "seconds": round(seconds), "commit": commit}, f)
+    return out, True
+
+
+def kept_report(out: str, text, tokens: int, label: str) -> dict | None:
+    """validate's kept report-<label>.json beside the export, when it scored this text on this many tokens."""
     kept = os.path.join(out, f"report-{label}.json")
-    if reuse and os.path.exists(kept):
-        report = json.load(open(kept))
-        q = report.get("quality") or {}
-        if os.path.basename(q.get("eval_file", "")) == os.path.basename(str(text)) and q.get("tokens_scored") == tokens:
-            return report
-    seconds = run([sys.executable, "-m", "validate", "--export", out, "--eval", str(text), "--eval-tokens",
-                   str(tokens)], os.path.join(OUT, f"{name}.log"))
-    shutil.copyfile(os.path.join(out, "report.json"), kept)
+    if not os.path.exists(kept):
+        return None
     report = json.load(open(kept))
-    report["seconds"] = round(seconds)
-    return report
+    q = report.get("quality") or {}
+    # what was asked for; a text shorter than its window scores fewer tokens than asked
+    asked = report.get("asked") or {"text": os.path.basename(q.get("eval_file", "")), "tokens": q.get("tokens_scored")}
+    return report if asked == {"text": os.path.basename(str(text)), "tokens": tokens} else None
+
+
+def score(root: str, name: str, out: str, text, tokens: int, label: str, fresh: bool) -> None:
+    """Score one text with validate unless the export was not rebuilt and its report of that text is kept."""
+    if not fresh and kept_report(out, text, tokens, label):
+        return
+    run([sys.executable, "-m", "validate", "--export", out, "--eval", str(text), "--eval-tokens", str(tokens)],
+        os.path.join(root, f"{name}.log"))
+    report = json.load(open(os.path.join(out, "report.json")))
+    report["asked"] = {"text": os.path.basename(str(text)), "tokens": tokens}
+    with open(os.path.join(out, f"report-{label}.json"), "w") as f:
+        json.dump(report, f, indent=1)
 
 
 def summary(r: dict) -> dict:
@@ -100,7 +129,27 @@ def summary(r: dict) -> dict:
     return {"ppl_original": q["ppl_original"], "ppl_increase_pct": q["ppl_increase_pct"], "kl": q["kl_mean"],
             "top1": q["top1_agreement"], "parity_passed": p["passed"], "parity_kl": p.get("kl_mean"),
             "parity_cost": p.get("kl_cost"), "bytes_per_token": per_token,
-            "x_fewer": kv["original_fp16"] / per_token, "seconds": r.get("seconds")}
+            "x_fewer": kv["original_fp16"] / per_token}
+
+
+def row_args(name: str, model: str | None) -> list[str]:
+    return ROWS[name][1] + (["--model", model] if model else [])
+
+
+def kept_rows(a) -> list[dict]:
+    """Every row of ROWS, in its order, whose export of these arguments and both scores are kept."""
+    rows = []
+    for name, (lever, _) in ROWS.items():
+        args = row_args(name, a.model)
+        stamp = built(a.out, name, args)
+        out = os.path.join(a.out, name)
+        first = stamp and kept_report(out, DEFAULT_EVAL, a.eval_tokens, "wikitext2")
+        second = stamp and kept_report(out, SECOND, a.second_tokens, "second")
+        if first and second:
+            rows.append({"row": name, "lever": lever, "model": first["model"], "args": args,
+                         "export_seconds": stamp["seconds"], "commit": stamp["commit"],
+                         "wikitext2": summary(first), "second": summary(second)})
+    return rows
 
 
 def table(rows: list[dict], a) -> str:
@@ -108,8 +157,8 @@ def table(rows: list[dict], a) -> str:
              f"against the uncompressed model on WikiText-2 test ({a.eval_tokens} tokens) and on "
              f"{SECOND.name} ({a.second_tokens} tokens); bytes measured on the ONNX outputs by validate.", "",
              "| row | lever | KV B/token | x fewer than fp16 | WikiText-2 | KL | top-1 | parity (KL / cost) "
-             "| second text | its parity | export s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| second text | its parity | export s | built at |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         w, s = r["wikitext2"], r["second"]
         parity = lambda x: ("pass" if x["parity_passed"] else "FAIL") + (
@@ -117,7 +166,7 @@ def table(rows: list[dict], a) -> str:
         lines.append(f"| {r['row']} | {r['lever']} | {w['bytes_per_token']:,.1f} | {w['x_fewer']:.2f} | "
                      f"{w['ppl_increase_pct']:+.2f} % | {w['kl']:.4f} | {100 * w['top1']:.1f} % | {parity(w)} | "
                      f"{s['ppl_increase_pct']:+.2f} % | {parity(s)} | "
-                     f"{'reused' if r['export_seconds'] is None else round(r['export_seconds'])} |")
+                     f"{'?' if r['export_seconds'] is None else r['export_seconds']} | {r['commit']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -128,25 +177,21 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="exporter --model (default: SmolLM2-135M)")
     p.add_argument("--eval-tokens", type=int, default=32768)
     p.add_argument("--second-tokens", type=int, default=16384)
+    p.add_argument("--out", default=OUT, help=f"where the exports, logs and table go (default {OUT})")
     a = p.parse_args(argv)
     names = [n for n in a.rows.split(",") if n]
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         p.error(f"unknown rows {unknown}: choose from {', '.join(ROWS)}")
-    os.makedirs(OUT, exist_ok=True)
-    rows = []
+    os.makedirs(a.out, exist_ok=True)
     for name in names:
-        lever, args = ROWS[name]
-        args = args + (["--model", a.model] if a.model else [])
-        out, seconds = export(name, args)
-        reuse = seconds is None
-        first = score(name, out, DEFAULT_EVAL, a.eval_tokens, "wikitext2", reuse)
-        second = score(name, out, SECOND, a.second_tokens, "second", reuse)
-        rows.append({"row": name, "lever": lever, "model": first["model"], "args": args, "export_seconds": seconds,
-                     "wikitext2": summary(first), "second": summary(second)})
-        with open(os.path.join(OUT, "frontier.json"), "w") as f:
+        out, fresh = export(a.out, name, row_args(name, a.model))
+        score(a.out, name, out, DEFAULT_EVAL, a.eval_tokens, "wikitext2", fresh)
+        score(a.out, name, out, SECOND, a.second_tokens, "second", fresh)
+        rows = kept_rows(a)
+        with open(os.path.join(a.out, "frontier.json"), "w") as f:
             json.dump(rows, f, indent=1)
-        with open(os.path.join(OUT, "frontier.md"), "w") as f:
+        with open(os.path.join(a.out, "frontier.md"), "w") as f:
             f.write(table(rows, a))
         print(table(rows, a), flush=True)
     return 0
