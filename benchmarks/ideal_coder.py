@@ -2,7 +2,7 @@
 standing in for its scalar quantizer, scored in perplexity with the uncompressed model in the same run.
 
     python -m benchmarks.ideal_coder [--model M] [--ratios 8,16] [--window 0] [--k full] [--methods pca,trained]
-        [--quantizers "codec,scalar model,ideal code"] [--eval-tokens 8192]
+        [--quantizers "codec,scalar model,ideal code,lloyd-max"] [--eval-tokens 8192] [--fit-tokens 16384]
 
 For each METHOD and ratio the codec is fitted as `make export K=full QUANT=spectral QUANT_RATIO=<ratio>
 METHOD=<method>` fits it (trained: through the quantizer, job/stages.fit_quantized); then
@@ -19,6 +19,14 @@ window being scored (the sink left out; it stays exact, as in the codec). Two di
     ideal code     D = var x 4^-b_j: the least error any code of b_j bits a component reaches on a Gaussian
                    source; non-uniform, vector and lattice quantizers approach it from above on Gaussian
                    latents (heavier-tailed ones could in principle go below it).
+
+And one real code of the same bits, not run in the graph:
+
+    lloyd-max      per component, 2^b_j levels and the thresholds between them (nearest level), fitted by
+                   Lloyd's algorithm on the latents the codec itself sees on its first --fit-tokens calibration
+                   tokens, started from the codec's own uniform levels (so never worse on those latents): the
+                   non-uniform scalar quantizer (Lloyd 1957 / Max 1960; KVQuant's per-channel codebooks are one).
+                   It also prints how much it lowers the calibration latents' squared error.
 
 The same components, the same allocation, the same float window (if any): only the quantizer changes. A
 reference for what the levers "non-uniform / vector codes" can buy, not a coder that runs in the graph.
@@ -38,11 +46,12 @@ from torch import nn
 
 from benchmarks.calibration_mix import codec_decoder
 from exporter.calib.text import HELDOUT_WINDOW, token_windows
+from exporter.codec.scalar import rounded
 from exporter.codec.scalar import gaussian_mse
 from exporter.eval.perplexity import nll, perplexity
 from exporter.job.job import ExportJob
 from exporter.model.load import load
-from exporter.options import DEFAULT_EVAL, ExportOptions
+from exporter.options import DEFAULT_CALIB, DEFAULT_EVAL, ExportOptions
 
 DISTORTIONS = {"scalar model": gaussian_mse, "ideal code": lambda b: 4.0 ** -b}
 
@@ -72,6 +81,91 @@ class GaussianChannel(nn.Module):
         return codes
 
 
+class LloydMaxChannel(nn.Module):
+    """Stands in for a LatentQuantizer: each component rounded to the nearest of its own 2^b_j levels (fitted by
+    `lloyd_max`); the 'codes' are the rounded float latents."""
+
+    def __init__(self, quant, thresholds: torch.Tensor, levels: torch.Tensor):
+        super().__init__()
+        self.sink, self.nbytes = quant.sink, quant.rank
+        self.thresholds, self.levels = thresholds, levels                     # (r, Lmax - 1), (r, Lmax)
+
+    def encode(self, c: torch.Tensor) -> torch.Tensor:
+        flat = c.reshape(-1, c.shape[-1]).T.contiguous()                      # (r, B*T)
+        index = torch.searchsorted(self.thresholds, flat, right=True)        # (r, B*T) each latent's level
+        return self.levels.gather(1, index).T.reshape(c.shape)
+
+    decode = GaussianChannel.decode
+
+
+class LatentRecorder(nn.Module):
+    """A LatentQuantizer that keeps what it encodes (the sink's position left out): the latents (N, r)."""
+
+    def __init__(self, quant):
+        super().__init__()
+        self.quant, self.sink, self.nbytes, self.seen = quant, quant.sink, quant.nbytes, []
+
+    def encode(self, c: torch.Tensor) -> torch.Tensor:
+        others = c[:, :, 1:] if self.sink is not None and c.shape[2] > 1 else c
+        self.seen.append(others.reshape(-1, c.shape[-1]).clone())
+        return self.quant.encode(c)
+
+    def decode(self, codes, sink_slots=None):
+        return self.quant.decode(codes, sink_slots)
+
+
+def lloyd_max(quant, x: torch.Tensor, iterations: int = 40) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Per component of x (N, r): 2^b_j levels by Lloyd's algorithm started from the quantizer's uniform levels,
+    padded to the widest component (thresholds +inf past a component's last); (thresholds, levels, the squared
+    error it leaves as a fraction of the uniform levels' on x)."""
+    bits = torch.log2(quant.levels).round().to(torch.int64)                   # (r,)
+    width = int(2 ** bits.max())
+    k = torch.arange(width, dtype=torch.float32)                              # (Lmax,)
+    used = k[None, :] < quant.levels[:, None]                                 # (r, Lmax)
+    levels = (k[None, :] - quant.levels[:, None] / 2 + 0.5) * quant.step[:, None]   # the uniform levels
+    levels = torch.where(used, levels, torch.inf)
+    xt = x.T.contiguous()                                                     # (r, N)
+
+    def thresholds_of(levels):
+        mid = (levels[:, 1:] + levels[:, :-1]) / 2                            # (r, Lmax - 1)
+        return torch.where(used[:, 1:], mid, torch.inf)
+
+    for _ in range(iterations):
+        index = torch.searchsorted(thresholds_of(levels), xt, right=True)    # (r, N)
+        sums = torch.zeros(levels.shape).scatter_add_(1, index, xt)
+        counts = torch.zeros(levels.shape).scatter_add_(1, index, torch.ones_like(xt))
+        levels = torch.where(counts > 0, sums / counts.clamp(min=1), levels)  # an empty level stays put
+    thresholds = thresholds_of(levels)
+    fitted = levels.gather(1, torch.searchsorted(thresholds, xt, right=True))
+    uniform = rounded(xt, quant.step[:, None], quant.levels[:, None])
+    error = float(((xt - fitted) ** 2).sum() / ((xt - uniform) ** 2).sum())
+    return thresholds, torch.where(used, levels, 0.0), error
+
+
+def record_latents(decoder, quants: dict, windows) -> dict:
+    """The latents (N, r) each quantizer of `quants` encodes while the codec decoder reads the windows."""
+    recorders = {}
+    for (i, name), quant in quants.items():
+        recorders[i, name] = LatentRecorder(quant)
+        setattr(decoder.blocks[i].attn, name, recorders[i, name])
+    nll(decoder, windows, desc="latents of the calibration text")
+    for (i, name), quant in quants.items():
+        setattr(decoder.blocks[i].attn, name, quant)
+    return {key: torch.cat(r.seen) for key, r in recorders.items()}
+
+
+def with_lloyd_max(decoder, quants: dict, latents: dict) -> float:
+    """Put a LloydMaxChannel fitted on `latents` in place of each quantizer; the squared error it leaves on them
+    as a fraction of the codec's, over all components."""
+    fitted_sum, uniform_sum = 0.0, 0.0
+    for (i, name), quant in quants.items():
+        thresholds, levels, fraction = lloyd_max(quant, latents[i, name])
+        uniform = float(((latents[i, name] - rounded(latents[i, name], quant.step, quant.levels)) ** 2).sum())
+        fitted_sum, uniform_sum = fitted_sum + fraction * uniform, uniform_sum + uniform
+        setattr(decoder.blocks[i].attn, name, LloydMaxChannel(quant, thresholds, levels))
+    return fitted_sum / uniform_sum
+
+
 QUANTS = ("key_quant", "value_quant")
 
 
@@ -90,14 +184,15 @@ def main(argv=None) -> int:
     p.add_argument("--k", default="full", help="K of the codec (full: the bits choose the ranks)")
     p.add_argument("--methods", default="pca", help="METHODs of the codec, comma-separated (trained: trained "
                    "through the quantizer)")
-    p.add_argument("--quantizers", default=",".join(("codec", *DISTORTIONS)),
-                   help="rows per ratio: codec (the codec itself) and the channels, comma-separated")
+    p.add_argument("--quantizers", default=",".join(("codec", *DISTORTIONS, "lloyd-max")),
+                   help="rows per ratio: codec (the codec itself), the channels and lloyd-max, comma-separated")
     p.add_argument("--eval-tokens", type=int, default=8192)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fit-tokens", type=int, default=16384, help="calibration tokens lloyd-max is fitted on")
     a = p.parse_args(argv)
     quantizers = a.quantizers.split(",")
-    if set(quantizers) - {"codec", *DISTORTIONS}:
-        p.error(f"--quantizers {a.quantizers}: use codec, {', '.join(DISTORTIONS)}")
+    if set(quantizers) - {"codec", "lloyd-max", *DISTORTIONS}:
+        p.error(f"--quantizers {a.quantizers}: use codec, {', '.join(DISTORTIONS)}, lloyd-max")
     loaded = load(ExportOptions(model=a.model).model)
     first = ExportJob.start(ExportOptions(model=loaded.source), loaded)
     windows = token_windows(loaded.tokenizer, DEFAULT_EVAL, HELDOUT_WINDOW, a.eval_tokens, first.sink)
@@ -111,13 +206,20 @@ def main(argv=None) -> int:
         quants = {(i, name): getattr(blk.attn, name) for i, blk in enumerate(dec.blocks) for name in QUANTS
                   if getattr(blk.attn, name) is not None}
         for quantizer in quantizers:
-            if quantizer == "codec":
-                for (i, name), quant in quants.items():
-                    setattr(dec.blocks[i].attn, name, quant)
-            else:
+            extra = {}
+            for (i, name), quant in quants.items():
+                setattr(dec.blocks[i].attn, name, quant)
+            if quantizer == "lloyd-max":
+                calib = token_windows(loaded.tokenizer, DEFAULT_CALIB, HELDOUT_WINDOW, a.fit_tokens, first.sink)
+                error = with_lloyd_max(dec, quants, record_latents(dec, quants, calib))
+                extra = {"calib_error_vs_codec": error}
+                print(f"{label} lloyd-max: {100 * error:.1f} % of the codec's squared error on its calibration "
+                      f"latents", flush=True)
+            elif quantizer != "codec":
                 with_channels(dec, quants, DISTORTIONS[quantizer], a.seed)
             ppl = perplexity(nll(dec, windows, desc=f"{label} {quantizer}"))
-            rows.append({"setting": label, "quantizer": quantizer, "ppl": ppl, "increase_pct": 100 * (ppl / base - 1)})
+            rows.append({"setting": label, "quantizer": quantizer, "ppl": ppl, "increase_pct": 100 * (ppl / base - 1),
+                         **extra})
             print(f"{label} {quantizer}: {ppl:.3f} ({rows[-1]['increase_pct']:+.2f} %)", flush=True)
     lines = ["| cache | quantizer | perplexity | change |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['setting']} | {r.get('quantizer', '-')} | {r['ppl']:.3f} | {r['increase_pct']:+.2f} % |"
