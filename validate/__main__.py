@@ -20,7 +20,7 @@ from .ort_model import OrtModel
 from .parity import check_parity, hf_original, parity_prompts
 from .reference import load_references
 from .report import write_reports
-from .tolerances import GREEDY_STEPS, QUANTIZED_KL_FRACTION
+from .tolerances import GREEDY_STEPS, QUANTIZED_KL_FRACTION, ROUNDING_FLOOR_FACTOR
 
 
 def ranks_summary(ranks: list) -> str:
@@ -68,7 +68,8 @@ def main(argv=None) -> int:
         prompts = parity_prompts(tok, sink, a.prefill, a.eval, padded=meta.cache_update != "shared-buffer")
         parity = check_parity(reference, ort_model, prompts, meta.pad_token_id, a.decode, original=hf_original(hf))
         held = f"KL {parity.kl_mean:.2g} nats (at most {QUANTIZED_KL_FRACTION:g} x the compression's own "\
-            f"{parity.kl_cost:.2g}, quantized cache)" if parity.quantized \
+            f"{parity.kl_cost:.2g}, or {ROUNDING_FLOOR_FACTOR:g} x float32 rounding's own {parity.kl_floor:.2g}; "\
+            "quantized cache)" if parity.quantized \
             else f"relative {parity.rel_diff:.3g} (tolerance {parity.tolerance:g})"
         print(f"parity: prefill {parity.prefill_max_abs_diff:.3g}, decode {parity.decode_max_abs_diff:.3g}, {held}, "
               f"greedy argmax agrees {parity.greedy_agreement}/{parity.decode_steps + 1} -> "

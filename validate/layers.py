@@ -40,7 +40,7 @@ from graphs.metadata import ExportError, load_metadata
 from runtime.cache import NUMPY_DTYPES
 from runtime.session import open_session, session_options
 from .parity import mean_kl
-from .tolerances import LOGIT_RTOL, QUANTIZED_KL_FRACTION
+from .tolerances import LOGIT_RTOL, QUANTIZED_KL_FRACTION, quantized_kl_ok
 
 
 @dataclass
@@ -185,7 +185,7 @@ class EndToEnd:
     @property
     def passed(self) -> bool:
         if self.kl_cost is not None:
-            return self.kl <= QUANTIZED_KL_FRACTION * self.kl_cost
+            return quantized_kl_ok(self.kl, self.kl_cost)
         return self.logits <= LOGIT_RTOL and self.greedy
 
     def describe(self) -> str:

@@ -1,6 +1,7 @@
 """Parity: ONNX Runtime against the PyTorch reference decoder, prefill then greedy decode, batch with padding."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, asdict
 
 import numpy as np
@@ -10,7 +11,7 @@ from exporter.calib.text import read_text
 from runtime.forward import position_ids
 from runtime.prompts import left_pad
 
-from .tolerances import GREEDY_STEPS, QUANTIZED_KL_FRACTION, greedy_required, logit_rtol, within
+from .tolerances import GREEDY_STEPS, greedy_required, logit_rtol, quantized_kl_ok, within
 
 
 @dataclass
@@ -27,14 +28,16 @@ class ParityResult:
     batch: int
     prompt_lengths: list
     kl_mean: float = 0.0       # mean KL(reference || ORT) of the next-token distributions, nats, all positions
-    quantized: bool = False    # a quantized cache: held to QUANTIZED_KL_FRACTION of kl_cost instead of the logits
+    quantized: bool = False    # a quantized cache: held by quantized_kl_ok (tolerances.py) instead of the logits
     kl_cost: float | None = None   # quantized: mean KL(original model || reference) on the prefill, what the
                                    # compression itself changes
+    kl_floor: float | None = None  # quantized: mean KL(reference || the reference in float64) on the same
+                                   # steps, what float32 rounding alone changes
 
     @property
     def passed(self) -> bool:
         if self.quantized:
-            return self.kl_mean <= QUANTIZED_KL_FRACTION * self.kl_cost
+            return quantized_kl_ok(self.kl_mean, self.kl_cost, self.kl_floor)
         logits_ok = within(max(self.prefill_max_abs_diff, self.decode_max_abs_diff), self.max_abs_ref_logit,
                            self.tolerance)
         return logits_ok and (self.greedy_identical or not self.greedy_required)
@@ -60,48 +63,67 @@ def check_parity(reference, ort_model, prompts: list[list[int]], pad_id: int,
     counting the steps where ORT's argmax agrees. rtol and whether identical greedy tokens are required
     follow the export's dtype (validate/tolerances.py) unless rtol is given; a quantized cache is held to the
     mean KL between the two instead, next to what the compression changes: original(ids, mask, pos) -> the
-    uncompressed model's logits (numpy), required then (QUANTIZED_KL_FRACTION says why)."""
+    uncompressed model's logits (numpy), required then, and to what float32 rounding alone changes: the same
+    steps of the reference in float64 (quantized_kl_ok says why)."""
     dtype = ort_model.layout.dtype
     rtol = logit_rtol(dtype) if rtol is None else rtol
     ids, mask = left_pad(prompts, pad_id)
     valid = mask.astype(bool)
-    pos = position_ids(mask, ids.shape[1])
-    B = len(prompts)
-    with torch.no_grad():
-        out = reference(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(pos),
-                        *reference.empty_past(B))
-    ref_logits, ref_past = out[0].numpy(), list(out[1:])
-    ort_logits, ort_past = ort_model(ids, mask, pos, ort_model.empty_past(B))
-    prefill_diff = float(np.abs(ref_logits - ort_logits)[valid].max())
-    kls = [mean_kl(ref_logits, ort_logits, valid)]
-    quantized, cost = ort_model.layout.quantized, None
-    if quantized:                   # what the compression itself changes, on the same prefill
+    ref_calls, fed = follow(TorchSide(reference), ids, mask, steps)
+    ort_calls, _ = follow(ort_model, ids, mask, steps, feed=fed)
+    prefill_diff = float(np.abs(ref_calls[0] - ort_calls[0])[valid].max())
+    decode_diff = max([float(np.abs(r - o).max()) for r, o in zip(ref_calls[1:], ort_calls[1:])], default=0.0)
+    max_ref = max([float(np.abs(ref_calls[0][valid]).max())] + [float(np.abs(r).max()) for r in ref_calls[1:]])
+    agree = sum(bool((r[:, -1].argmax(-1) == o[:, -1].argmax(-1)).all()) for r, o in zip(ref_calls, ort_calls))
+    quantized, cost, floor = ort_model.layout.quantized, None, None
+    if quantized:
         if original is None:
             raise ValueError("a quantized export's parity needs the original model's logits (original=...)")
-        cost = mean_kl(original(ids, mask, pos), ref_logits, valid)
-    max_ref = float(np.abs(ref_logits[valid]).max())
-    decode_diff, agree = 0.0, 0
-    ref_tok, ort_tok = ref_logits[:, -1].argmax(-1), ort_logits[:, -1].argmax(-1)
-    for _ in range(steps):
-        agree += bool((ref_tok == ort_tok).all())
-        mask = np.concatenate([mask, np.ones((B, 1), np.int64)], axis=1)
-        pos = position_ids(mask, 1)
-        with torch.no_grad():
-            out = reference(torch.from_numpy(ref_tok[:, None]), torch.from_numpy(mask), torch.from_numpy(pos),
-                            *ref_past)
-        r, ref_past = out[0].numpy(), list(out[1:])
-        o, ort_past = ort_model(ref_tok[:, None], mask, pos, ort_past)
-        decode_diff = max(decode_diff, float(np.abs(r - o).max()))
-        kls.append(mean_kl(r, o))
-        max_ref = max(max_ref, float(np.abs(r).max()))
-        ref_tok, ort_tok = r[:, -1].argmax(-1), o[:, -1].argmax(-1)
-    agree += bool((ref_tok == ort_tok).all())
+        cost = mean_kl(original(ids, mask, position_ids(mask, ids.shape[1])), ref_calls[0], valid)
+        exact_calls, _ = follow(TorchSide(copy.deepcopy(reference).double()), ids, mask, steps, feed=fed)
+        floor = steps_kl(ref_calls, exact_calls, valid)
     rel = max(prefill_diff, decode_diff) / max_ref
-    weights = [int(valid.sum())] + [B] * steps
-    kl = float(np.dot(kls, weights) / sum(weights))
     return ParityResult(prefill_diff, decode_diff, max_ref, rel, rtol, agree == steps + 1, agree,
-                        greedy_required(dtype) and not quantized, steps, B, [len(p) for p in prompts], kl,
-                        quantized, cost)
+                        greedy_required(dtype) and not quantized, steps, len(prompts), [len(p) for p in prompts],
+                        steps_kl(ref_calls, ort_calls, valid), quantized, cost, floor)
+
+
+class TorchSide:
+    """A PyTorch decoder called as an OrtModel is: numpy (ids, mask, pos, past) -> (logits float32, past)."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def empty_past(self, batch: int):
+        return self.module.empty_past(batch)
+
+    def __call__(self, ids, mask, pos, past):
+        with torch.no_grad():
+            out = self.module(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(pos), *past)
+        return out[0].float().numpy(), list(out[1:])
+
+
+def follow(side, ids: np.ndarray, mask: np.ndarray, steps: int, feed=None) -> tuple[list, list]:
+    """The prefill's logits (B, T, V), then `steps` one-token steps' (B, 1, V), each step fed the token of `feed`
+    (or the side's own argmax): (the logits of every call, the tokens fed)."""
+    B = ids.shape[0]
+    logits, past = side(ids, mask, position_ids(mask, ids.shape[1]), side.empty_past(B))
+    calls, fed = [logits], []
+    for step in range(steps):
+        token = feed[step] if feed is not None else logits[:, -1].argmax(-1)        # (B,)
+        mask = np.concatenate([mask, np.ones((B, 1), np.int64)], axis=1)
+        logits, past = side(token[:, None], mask, position_ids(mask, 1), past)
+        calls.append(logits)
+        fed.append(token)
+    return calls, fed
+
+
+def steps_kl(ref_calls: list, other_calls: list, valid: np.ndarray) -> float:
+    """Mean KL(reference || other) over the prefill's valid positions and every step's (weighted by positions)."""
+    kls = [mean_kl(ref_calls[0], other_calls[0], valid)]
+    kls += [mean_kl(r, o) for r, o in zip(ref_calls[1:], other_calls[1:])]
+    weights = [int(valid.sum())] + [valid.shape[0]] * (len(ref_calls) - 1)
+    return float(np.dot(kls, weights) / sum(weights))
 
 
 def hf_original(hf):

@@ -96,18 +96,25 @@ class Attention(nn.Module):
         self.fused = False  # True: the fused GroupQueryAttention op with a shared-buffer cache (model/fused.py)
         self.key_quant = None     # codec.quantizer.LatentQuantizer: the latents are cached as packed integer codes
         self.value_quant = None
-        self.cache_scales = None  # (k_scale, v_scale) (G*d,): the fused op quantizes the cache to int8 itself
-        self.cache_rotation = None  # (d, d): queries and keys rotated after RoPE (values: folded into v/o_proj)
         self.float_window = 0     # W >= 2: quantized latents of a query's last W tokens read exact (float16)
 
     def use_cache_quant(self, rotation, key_scale, value_scale) -> None:
         """An int8 cache the fused op writes and reads (codec/cache_quant.py): per-channel steps, rotation R."""
         self.register_buffer("cache_key_scale", key_scale.float().clone())             # (G*d,)
         self.register_buffer("cache_value_scale", value_scale.float().clone())         # (G*d,)
-        self.cache_scales = (self.cache_key_scale, self.cache_value_scale)
         if rotation is not None:
             self.register_buffer("cache_rotation_t", rotation.T.float().contiguous())  # (d, d): x @ R^T = R x
-            self.cache_rotation = self.cache_rotation_t
+
+    # read from the buffers on every call, so a copy moved to another dtype or device uses its own
+    @property
+    def cache_scales(self) -> tuple | None:
+        """(k_scale, v_scale) (G*d,) when the fused op quantizes the cache to int8 itself, else None."""
+        return (self.cache_key_scale, self.cache_value_scale) if "cache_key_scale" in self._buffers else None
+
+    @property
+    def cache_rotation(self) -> torch.Tensor | None:
+        """(d, d) R^T: queries and keys rotated after RoPE for the int8 cache (values: folded into v/o_proj)."""
+        return self._buffers.get("cache_rotation_t")
 
     def use_fused(self) -> None:
         """Export this layer through GroupQueryAttention. The op takes full or k-space (post-RoPE) keys with

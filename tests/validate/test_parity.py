@@ -9,8 +9,9 @@ from graphs.metadata import load_metadata
 from tests.helpers import assert_sink_exact_rest_changed, load_ref, prompts, reference_greedy
 from validate.tiny_models import ARCHS, EXTRA
 from validate.ort_model import OrtModel
-from validate.parity import check_parity
-from validate.tolerances import within
+from exporter.options import QuantOptions
+from validate.parity import check_parity, hf_original
+from validate.tolerances import ROUNDING_FLOOR_FACTOR, quantized_kl_ok, within
 
 
 CASES = [(arch, k, mode) for arch in ARCHS + EXTRA if arch != "gpt2" for k, mode in
@@ -92,3 +93,35 @@ def test_float16_export_matches_reference_within_its_tolerance(arch, k, mode, ti
     _, _, ref, _ = load_ref(export)
     result = check_parity(ref, OrtModel(export, meta), prompts(meta.sink["token_id"]), meta.pad_token_id)
     assert result.tolerance == LOGIT_RTOL_FLOAT16 and result.passed, result
+
+
+def test_quantized_kl_criterion_takes_the_cost_or_the_rounding_floor():
+    assert quantized_kl_ok(0.9e-3, cost=1e-2)                                   # within a tenth of the cost
+    assert not quantized_kl_ok(2e-3, cost=1e-2)                                 # no floor measured
+    assert quantized_kl_ok(2e-3, cost=1e-2, floor=2.5e-3 / ROUNDING_FLOOR_FACTOR)
+    assert not quantized_kl_ok(2e-3, cost=1e-2, floor=1e-4)
+
+
+class _Noisy:
+    """An ORT model whose logits carry noise: what a broken quantized graph would compute."""
+
+    def __init__(self, model, std):
+        self.model, self.layout, self.rng, self.std = model, model.layout, np.random.default_rng(0), std
+
+    def empty_past(self, batch):
+        return self.model.empty_past(batch)
+
+    def __call__(self, ids, mask, pos, past):
+        logits, past = self.model(ids, mask, pos, past)
+        return logits + self.std * self.rng.standard_normal(logits.shape).astype(np.float32), past
+
+
+def test_quantized_parity_measures_the_rounding_floor_and_fails_a_wrong_graph(tiny_export):
+    export = tiny_export("llama", "full", "pre-rope", quant=QuantOptions("spectral", 4.0))
+    hf, _, ref, meta = load_ref(export)
+    ort = OrtModel(export, meta)
+    good = check_parity(ref, ort, prompts(meta.sink["token_id"]), meta.pad_token_id, original=hf_original(hf))
+    assert good.passed and 0 <= good.kl_floor < 1e-6 < good.kl_cost, good.to_json()   # tiny model: no flips
+    bad = check_parity(ref, _Noisy(ort, 1.0), prompts(meta.sink["token_id"]), meta.pad_token_id,
+                       original=hf_original(hf))
+    assert not bad.passed and bad.kl_floor == good.kl_floor, bad.to_json()
