@@ -2,7 +2,8 @@
 standing in for its scalar quantizer, scored in perplexity with the uncompressed model in the same run.
 
     python -m benchmarks.ideal_coder [--model M] [--ratios 8,16] [--window 0] [--k full] [--methods pca,trained]
-        [--quantizers "codec,scalar model,ideal code,lloyd-max"] [--eval-tokens 8192] [--fit-tokens 16384]
+        [--quantizers "codec,scalar model,ideal code,lloyd-max,outliers"] [--eval-tokens 8192] [--fit-tokens 16384]
+        [--outlier-fraction 0.01]
 
 For each METHOD and ratio the codec is fitted as `make export K=full QUANT=spectral QUANT_RATIO=<ratio>
 METHOD=<method>` fits it (trained: through the quantizer, job/stages.fit_quantized); then
@@ -27,6 +28,11 @@ And one real code of the same bits, not run in the graph:
                    tokens, started from the codec's own uniform levels (so never worse on those latents): the
                    non-uniform scalar quantizer (Lloyd 1957 / Max 1960; KVQuant's per-channel codebooks are one).
                    It also prints how much it lowers the calibration latents' squared error.
+    outliers       the codec's codes, except a token whose code errs most (its squared error over the components,
+                   each in units of its scale, above the (1 - f) quantile of the calibration latents', f =
+                   --outlier-fraction) is kept exact: outlier tokens beyond the sink. The exact tokens' bytes
+                   (float16 latents and a 4-byte position) are not taken from the codes' budget: the row prints
+                   them, so it bounds what the lever buys at those extra bytes.
 
 The same components, the same allocation, the same float window (if any): only the quantizer changes. A
 reference for what the levers "non-uniform / vector codes" can buy, not a coder that runs in the graph.
@@ -166,6 +172,38 @@ def with_lloyd_max(decoder, quants: dict, latents: dict) -> float:
     return fitted_sum / uniform_sum
 
 
+def token_error(quant, c: torch.Tensor, coded: torch.Tensor) -> torch.Tensor:
+    """Each token's squared coding error, components in units of their scale: (..., r) -> (..., 1)."""
+    return (((c - coded) / quant.sigma) ** 2).sum(-1, keepdim=True)
+
+
+class OutlierChannel(nn.Module):
+    """Stands in for a LatentQuantizer: its codes decoded, except tokens whose error exceeds `threshold`, which
+    come back exact; the 'codes' are those float latents."""
+
+    def __init__(self, quant, threshold: float):
+        super().__init__()
+        self.quant, self.sink, self.nbytes, self.threshold = quant, quant.sink, quant.rank, threshold
+
+    def encode(self, c: torch.Tensor) -> torch.Tensor:
+        coded = self.quant.decode(self.quant.encode(c))                       # (B, 1, T, r)
+        return torch.where(token_error(self.quant, c, coded) > self.threshold, c, coded)
+
+    decode = GaussianChannel.decode
+
+
+def with_outliers(decoder, quants: dict, latents: dict, fraction: float) -> float:
+    """Put an OutlierChannel in place of each quantizer, its threshold the (1 - fraction) quantile of the token
+    errors on `latents`; the bytes per token its exact tokens add (float16 latents, a 4-byte position)."""
+    extra = 0.0
+    for (i, name), quant in quants.items():
+        x = latents[i, name][None, None]                                      # (1, 1, N, r)
+        errors = token_error(quant, x, quant.decode(quant.encode(x))).flatten()
+        setattr(decoder.blocks[i].attn, name, OutlierChannel(quant, float(torch.quantile(errors, 1 - fraction))))
+        extra += fraction * (2 * quant.rank + 4)
+    return extra
+
+
 QUANTS = ("key_quant", "value_quant")
 
 
@@ -184,15 +222,18 @@ def main(argv=None) -> int:
     p.add_argument("--k", default="full", help="K of the codec (full: the bits choose the ranks)")
     p.add_argument("--methods", default="pca", help="METHODs of the codec, comma-separated (trained: trained "
                    "through the quantizer)")
-    p.add_argument("--quantizers", default=",".join(("codec", *DISTORTIONS, "lloyd-max")),
-                   help="rows per ratio: codec (the codec itself), the channels and lloyd-max, comma-separated")
+    p.add_argument("--quantizers", default=",".join(("codec", *DISTORTIONS, "lloyd-max", "outliers")),
+                   help="rows per ratio: codec (the codec itself), the channels, lloyd-max and outliers, "
+                   "comma-separated")
     p.add_argument("--eval-tokens", type=int, default=8192)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fit-tokens", type=int, default=16384, help="calibration tokens lloyd-max is fitted on")
+    p.add_argument("--fit-tokens", type=int, default=16384, help="calibration tokens lloyd-max and outliers "
+                   "are fitted on")
+    p.add_argument("--outlier-fraction", type=float, default=0.01, help="share of tokens outliers keeps exact")
     a = p.parse_args(argv)
     quantizers = a.quantizers.split(",")
-    if set(quantizers) - {"codec", "lloyd-max", *DISTORTIONS}:
-        p.error(f"--quantizers {a.quantizers}: use codec, {', '.join(DISTORTIONS)}, lloyd-max")
+    if set(quantizers) - {"codec", "lloyd-max", "outliers", *DISTORTIONS}:
+        p.error(f"--quantizers {a.quantizers}: use codec, {', '.join(DISTORTIONS)}, lloyd-max, outliers")
     loaded = load(ExportOptions(model=a.model).model)
     first = ExportJob.start(ExportOptions(model=loaded.source), loaded)
     windows = token_windows(loaded.tokenizer, DEFAULT_EVAL, HELDOUT_WINDOW, a.eval_tokens, first.sink)
@@ -205,16 +246,26 @@ def main(argv=None) -> int:
         dec = codec_decoder(loaded, "WIKI", ExportOptions.calib_tokens, ratio, a.window, a.k, method)
         quants = {(i, name): getattr(blk.attn, name) for i, blk in enumerate(dec.blocks) for name in QUANTS
                   if getattr(blk.attn, name) is not None}
+        latents = {}                            # the calibration latents, recorded when a quantizer needs them
         for quantizer in quantizers:
             extra = {}
             for (i, name), quant in quants.items():
                 setattr(dec.blocks[i].attn, name, quant)
-            if quantizer == "lloyd-max":
+            if quantizer in ("lloyd-max", "outliers") and not latents:
                 calib = token_windows(loaded.tokenizer, DEFAULT_CALIB, HELDOUT_WINDOW, a.fit_tokens, first.sink)
-                error = with_lloyd_max(dec, quants, record_latents(dec, quants, calib))
+                latents = record_latents(dec, quants, calib)
+            if quantizer == "lloyd-max":
+                error = with_lloyd_max(dec, quants, latents)
                 extra = {"calib_error_vs_codec": error}
                 print(f"{label} lloyd-max: {100 * error:.1f} % of the codec's squared error on its calibration "
                       f"latents", flush=True)
+            elif quantizer == "outliers":
+                codes = sum(quant.nbytes for quant in quants.values())
+                added = with_outliers(dec, quants, latents, a.outlier_fraction)
+                extra = {"outlier_fraction": a.outlier_fraction, "added_bytes_per_token": added,
+                         "code_bytes_per_token": codes}
+                print(f"{label} outliers: {100 * a.outlier_fraction:g} % of tokens exact add {added:.1f} B/token "
+                      f"to the codes' {codes} ({100 * added / codes:.1f} %)", flush=True)
             elif quantizer != "codec":
                 with_channels(dec, quants, DISTORTIONS[quantizer], a.seed)
             ppl = perplexity(nll(dec, windows, desc=f"{label} {quantizer}"))

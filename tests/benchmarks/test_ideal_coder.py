@@ -1,8 +1,9 @@
-"""The Lloyd-Max stand-in of benchmarks/ideal_coder.py: started from the codec's uniform levels it is the codec's
-quantizer; fitted, it never leaves more squared error on the latents it was fitted on, and less on skewed ones."""
+"""The real codes benchmarks/ideal_coder.py puts in place of the codec's quantizer. Lloyd-Max: started from the
+codec's uniform levels it is the codec's quantizer; fitted, it never leaves more squared error on the latents it
+was fitted on, and less on skewed ones. Outliers: the codec's codes, but the worst-coded share of tokens exact."""
 import torch
 
-from benchmarks.ideal_coder import LloydMaxChannel, lloyd_max
+from benchmarks.ideal_coder import LloydMaxChannel, OutlierChannel, lloyd_max, token_error
 from exporter.codec.quantizer import LatentQuantizer
 
 
@@ -34,3 +35,15 @@ def test_fitted_levels_lose_less_on_skewed_latents():
     for j, b in enumerate([1, 2, 3]):
         assert set(out[:, j].unique().tolist()) <= set(levels[j, :2 ** b].tolist())
         assert torch.all(levels[j, 1:2 ** b] >= levels[j, :2 ** b - 1])
+
+
+def test_outliers_keep_the_worst_coded_tokens_exact():
+    quant = _quantizer([1, 2, 2, 3])
+    c = torch.randn(1, 1, 4000, 4, generator=torch.Generator().manual_seed(2))
+    coded = quant.decode(quant.encode(c))
+    errors = token_error(quant, c, coded).flatten()
+    threshold = float(torch.quantile(errors, 0.95))
+    out = OutlierChannel(quant, threshold).encode(c)
+    exact = (out == c).all(-1).flatten()
+    assert torch.equal(exact, errors > threshold) and abs(exact.float().mean() - 0.05) < 0.01
+    assert torch.equal(out[0, 0][~exact], coded[0, 0][~exact])
