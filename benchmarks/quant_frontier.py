@@ -8,8 +8,13 @@ keeps what it measured and the same command goes on from there. Each row says th
 (`+local` when exporter/ or graphs/ had uncommitted changes), so a table gathered over several calls shows whether
 its rows were built by the same code.
 
+Every scored row is also recorded in benchmarks/results/quant-frontier/<row>.json (the row as the table prints it,
+its arguments, token counts and commit; a few hundred bytes, committed), because the whole run takes longer than a
+machine keeps build/: a row recorded for the same arguments and token counts is in the table and is not rebuilt
+(`--rerun` rebuilds and rescores the rows asked for, and rewrites their records).
+
     python -m benchmarks.quant_frontier [--rows codec-8,window-8,...] [--eval-tokens 32768] [--second-tokens 16384]
-                                        [--model M] [--out DIR]
+                                        [--model M] [--out DIR] [--records DIR] [--rerun]
 
 The rows are the levers of docs/quantization.md, each alone and combined: the spectral codec, a float window of
 16 tokens (at 16x with K=160, which leaves the window its bytes), training through the quantizer (the long
@@ -28,6 +33,7 @@ import time
 from exporter.options import DATA_DIR, DEFAULT_EVAL
 
 OUT = os.path.join("build", "quant-frontier")  # the default --out
+RECORDS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "quant-frontier")  # default --records
 SECOND = DATA_DIR / "pg1342-pride-and-prejudice.txt"
 TRAINED = ["--method", "trained", "--train-steps", "192", "--train-lr", "6e-4", "--train-schedule", "cosine",
            "--train-tokens", "131072"]
@@ -87,10 +93,10 @@ def built(root: str, name: str, args: list[str]) -> dict | None:
     return kept if kept["args"] == args else None
 
 
-def export(root: str, name: str, args: list[str]) -> tuple[str, bool]:
+def export(root: str, name: str, args: list[str], rebuild: bool = False) -> tuple[str, bool]:
     """The row's export directory, built unless it holds an export of the same arguments; whether it was built."""
     out = os.path.join(root, name)
-    if built(root, name, args):
+    if not rebuild and built(root, name, args):
         return out, False
     commit = code_version()
     seconds = run([sys.executable, "-m", "exporter", "--out", out, *args], os.path.join(root, f"{name}.log"))
@@ -136,20 +142,43 @@ def row_args(name: str, model: str | None) -> list[str]:
     return ROWS[name][1] + (["--model", model] if model else [])
 
 
+def built_row(a, name: str) -> dict | None:
+    """The row from --out when its export of these arguments and both scores are kept there."""
+    args = row_args(name, a.model)
+    stamp = built(a.out, name, args)
+    out = os.path.join(a.out, name)
+    first = stamp and kept_report(out, DEFAULT_EVAL, a.eval_tokens, "wikitext2")
+    second = stamp and kept_report(out, SECOND, a.second_tokens, "second")
+    if not (first and second):
+        return None
+    return {"row": name, "lever": ROWS[name][0], "model": first["model"], "args": args,
+            "tokens": {"wikitext2": a.eval_tokens, "second": a.second_tokens},
+            "export_seconds": stamp["seconds"], "commit": stamp["commit"],
+            "wikitext2": summary(first), "second": summary(second)}
+
+
+def recorded_row(a, name: str) -> dict | None:
+    """The row's record in --records when it was measured with these arguments and token counts."""
+    path = os.path.join(a.records, f"{name}.json")
+    if not os.path.exists(path):
+        return None
+    row = json.load(open(path))
+    same = row["args"] == row_args(name, a.model) and row["tokens"] == {"wikitext2": a.eval_tokens,
+                                                                         "second": a.second_tokens}
+    return row if same else None
+
+
+def record(a, row: dict) -> None:
+    os.makedirs(a.records, exist_ok=True)
+    with open(os.path.join(a.records, f"{row['row']}.json"), "w") as f:
+        json.dump(row, f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
 def kept_rows(a) -> list[dict]:
-    """Every row of ROWS, in its order, whose export of these arguments and both scores are kept."""
-    rows = []
-    for name, (lever, _) in ROWS.items():
-        args = row_args(name, a.model)
-        stamp = built(a.out, name, args)
-        out = os.path.join(a.out, name)
-        first = stamp and kept_report(out, DEFAULT_EVAL, a.eval_tokens, "wikitext2")
-        second = stamp and kept_report(out, SECOND, a.second_tokens, "second")
-        if first and second:
-            rows.append({"row": name, "lever": lever, "model": first["model"], "args": args,
-                         "export_seconds": stamp["seconds"], "commit": stamp["commit"],
-                         "wikitext2": summary(first), "second": summary(second)})
-    return rows
+    """Every row of ROWS, in its order, kept in --out (export and both scores) or else recorded in --records."""
+    rows = [built_row(a, name) or recorded_row(a, name) for name in ROWS]
+    return [r for r in rows if r]
 
 
 def table(rows: list[dict], a) -> str:
@@ -178,6 +207,9 @@ def main(argv=None) -> int:
     p.add_argument("--eval-tokens", type=int, default=32768)
     p.add_argument("--second-tokens", type=int, default=16384)
     p.add_argument("--out", default=OUT, help=f"where the exports, logs and table go (default {OUT})")
+    p.add_argument("--records", default=RECORDS, help="where each scored row's record is written and read "
+                   "(default benchmarks/results/quant-frontier, committed)")
+    p.add_argument("--rerun", action="store_true", help="rebuild and rescore the rows asked for even when recorded")
     a = p.parse_args(argv)
     names = [n for n in a.rows.split(",") if n]
     unknown = [n for n in names if n not in ROWS]
@@ -185,9 +217,11 @@ def main(argv=None) -> int:
         p.error(f"unknown rows {unknown}: choose from {', '.join(ROWS)}")
     os.makedirs(a.out, exist_ok=True)
     for name in names:
-        out, fresh = export(a.out, name, row_args(name, a.model))
-        score(a.out, name, out, DEFAULT_EVAL, a.eval_tokens, "wikitext2", fresh)
-        score(a.out, name, out, SECOND, a.second_tokens, "second", fresh)
+        if a.rerun or not recorded_row(a, name) or built(a.out, name, row_args(name, a.model)):
+            out, fresh = export(a.out, name, row_args(name, a.model), rebuild=a.rerun)
+            score(a.out, name, out, DEFAULT_EVAL, a.eval_tokens, "wikitext2", fresh)
+            score(a.out, name, out, SECOND, a.second_tokens, "second", fresh)
+            record(a, built_row(a, name))
         rows = kept_rows(a)
         with open(os.path.join(a.out, "frontier.json"), "w") as f:
             json.dump(rows, f, indent=1)
