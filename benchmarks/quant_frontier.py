@@ -4,9 +4,9 @@ by `python -m validate` on WikiText-2 test (32,768 tokens, the acceptance text) 
 WikiText (Pride and Prejudice's first 16,384 tokens). Bytes are validate's, measured on the ONNX outputs: codes,
 scale bytes and, with a float window, the whole cache at the window's context over its tokens. The table is
 written after every row, from every row kept in build/quant-frontier (not only this call's), so a stopped run
-keeps what it measured and the same command goes on from there. Each row says the commit its export was built at
-(`+local` when exporter/ or graphs/ had uncommitted changes), so a table gathered over several calls shows whether
-its rows were built by the same code.
+keeps what it measured and the same command goes on from there. Each row says the code its export was built
+by: the last commit that changed exporter/ or graphs/ before the checkout it was built in (`+local` when they had
+uncommitted changes), so a table gathered over several calls shows whether its rows were built by the same code.
 
 Every scored row is also recorded in benchmarks/results/quant-frontier/<row>.json (the row as the table prints it,
 its arguments, token counts and commit; a few hundred bytes, committed), because the whole run takes longer than a
@@ -72,14 +72,25 @@ def run(cmd: list[str], log: str) -> float:
     return time.time() - t0
 
 
+def git(*cmd) -> str:
+    return subprocess.run(["git", *cmd], capture_output=True, text=True).stdout.strip()
+
+
 def code_version() -> str:
     """The commit the exporter runs from, `+local` when exporter/ or graphs/ differ from it; '?' outside git."""
-    def git(*cmd):
-        return subprocess.run(["git", *cmd], capture_output=True, text=True).stdout.strip()
     commit = git("rev-parse", "--short", "HEAD")
     if not commit:
         return "?"
     return commit + ("+local" if git("status", "--porcelain", "--", "exporter", "graphs") else "")
+
+
+def exporter_version(commit: str) -> str:
+    """The last commit at or before a row's build commit that changed exporter/ or graphs/ (the code that built
+    it): rows built from checkouts that differ only elsewhere show the same one. The commit itself when git does
+    not know it."""
+    head, local = commit.removesuffix("+local"), commit.endswith("+local")
+    changed = git("log", "-1", "--format=%h", head, "--", "exporter", "graphs") if head != "?" else ""
+    return (changed or head) + ("+local" if local else "")
 
 
 def built(root: str, name: str, args: list[str]) -> dict | None:
@@ -186,7 +197,7 @@ def table(rows: list[dict], a) -> str:
              f"against the uncompressed model on WikiText-2 test ({a.eval_tokens} tokens) and on "
              f"{SECOND.name} ({a.second_tokens} tokens); bytes measured on the ONNX outputs by validate.", "",
              "| row | lever | KV B/token | x fewer than fp16 | WikiText-2 | KL | top-1 | parity (KL / cost) "
-             "| second text | its parity | export s | built at |",
+             "| second text | its parity | export s | exporter at |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         w, s = r["wikitext2"], r["second"]
@@ -195,7 +206,7 @@ def table(rows: list[dict], a) -> str:
         lines.append(f"| {r['row']} | {r['lever']} | {w['bytes_per_token']:,.1f} | {w['x_fewer']:.2f} | "
                      f"{w['ppl_increase_pct']:+.2f} % | {w['kl']:.4f} | {100 * w['top1']:.1f} % | {parity(w)} | "
                      f"{s['ppl_increase_pct']:+.2f} % | {parity(s)} | "
-                     f"{'?' if r['export_seconds'] is None else r['export_seconds']} | {r['commit']} |")
+                     f"{'?' if r['export_seconds'] is None else r['export_seconds']} | {exporter_version(r['commit'])} |")
     return "\n".join(lines) + "\n"
 
 
