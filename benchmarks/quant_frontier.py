@@ -206,7 +206,8 @@ def table(rows: list[dict], a) -> str:
         lines.append(f"| {r['row']} | {r['lever']} | {w['bytes_per_token']:,.1f} | {w['x_fewer']:.2f} | "
                      f"{w['ppl_increase_pct']:+.2f} % | {w['kl']:.4f} | {100 * w['top1']:.1f} % | {parity(w)} | "
                      f"{s['ppl_increase_pct']:+.2f} % | {parity(s)} | "
-                     f"{'?' if r['export_seconds'] is None else r['export_seconds']} | {exporter_version(r['commit'])} |")
+                     f"{'?' if r['export_seconds'] is None else r['export_seconds']} | "
+                     f"{exporter_version(r['commit'])} |")
     return "\n".join(lines) + "\n"
 
 
