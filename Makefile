@@ -42,7 +42,7 @@ FRONTIER_ARGS ?=
 QUANT     ?=
 QUANT_RATIO ?= 4
 QUANT_SCALES ?= static
-QUANT_WINDOW ?= 0
+QUANT_WINDOW ?=
 EXPORT    ?= build/latest
 PROMPT    ?= The capital of France is
 CHAT      ?=
@@ -63,7 +63,8 @@ help:
 	@echo "            [TRAIN_TOKENS=<training tokens of CALIB; default: the calibration tokens>]"
 	@echo "make export QUANT=spectral|uniform [QUANT_RATIO=4] [QUANT_SCALES=static|token]  quantized latents, bits by"
 	@echo "            the spectrum, QUANT_RATIO x fewer bytes than a float16 cache (K=full METHOD=raw QUANT=uniform: plain KV quantization)"
-	@echo "            [QUANT_WINDOW=16]: the newest tokens read exact from a float16 window, its bytes counted at 2048 tokens"
+	@echo "            [QUANT_WINDOW=16|0]: the newest tokens read exact from a float16 window, its bytes counted at 2048 tokens"
+	@echo "            (default: 16 with QUANT=spectral where it fits, else 0)"
 	@echo "make export K=auto BUDGET=<KV B/token> | MAX_PPL_INCREASE=2%  [TIE_RANKS=1]   per-layer ranks (docs/projectors.md)"
 	@echo "make frontier [FRONTIER_ARGS=...]        perplexity vs KV bytes: PCA, output-aware, trained, quantized caches -> build/frontier-<model>.md"
 	@echo "make validate [EXPORT=build/latest]      parity vs PyTorch + cost of compression -> EXPORT/report.md"
@@ -119,7 +120,7 @@ export: setup
 		$(if $(TRAIN_LR),--train-lr "$(TRAIN_LR)") $(if $(TRAIN_SCHEDULE),--train-schedule "$(TRAIN_SCHEDULE)") \
 		$(if $(TRAIN_TOKENS),--train-tokens "$(TRAIN_TOKENS)") \
 		$(if $(QUANT),--quant "$(QUANT)" --quant-ratio "$(QUANT_RATIO)" --quant-scales "$(QUANT_SCALES)" \
-			--quant-window "$(QUANT_WINDOW)")
+			$(if $(QUANT_WINDOW),--quant-window "$(QUANT_WINDOW)"))
 
 frontier: setup
 	$(PYTHON) -m benchmarks.frontier $(FRONTIER_ARGS)

@@ -93,7 +93,7 @@ class Frontier:
         t0 = time.time()
         r = None if method == "raw" else parse_rank(k, cfg.kv_dim, "K") or cfg.kv_dim
         proj = self.projectors(method, mode, r, r)
-        q = QuantOptions(allocation, ratio, key_scales, value_scales or key_scales,
+        q = QuantOptions(allocation, ratio, key_scales, value_scales or key_scales, float_window=0,  # windows: below
                          **dict(zip(("weights", "sensitivity", "probe_rounds"), more[:2] + [int(x) for x in more[2:]])))
         proj = quantize(self.job, proj, q)
         dec = build_decoder(hf, proj)

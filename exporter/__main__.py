@@ -18,6 +18,11 @@ from .options import (ALLOCATIONS, DEFAULT_KEY_MODE, KV_DTYPES, KV_KERNELS, KV_R
 
 
 def main(argv=None) -> int:
+    return cli_exit(export, parser().parse_args(argv))
+
+
+def parser() -> argparse.ArgumentParser:
+    """The exporter's flags, their defaults ExportOptions' (None: settled once the model is read)."""
     d = ExportOptions()
     p = argparse.ArgumentParser(prog="python -m exporter", description=__doc__)
     p.add_argument("--model", default=None, help="HF hub id, local HF directory or .gguf file (default: SmolLM2)")
@@ -102,11 +107,12 @@ def main(argv=None) -> int:
                         "calibration text (measured), or not (none)")
     p.add_argument("--quant-window", type=int, default=q.float_window,
                    help="a float window: the exact latents of the newest W-1 tokens in float16 beside the codes, so "
-                        "a query reads its last W tokens exact (KIVI's residual); 0: none")
+                        "a query reads its last W tokens exact (KIVI's residual); 0: none; default: 16 for "
+                        "--quant spectral where it fits (exporter/quant/window.py), else none")
     p.add_argument("--quant-window-context", type=int, default=q.window_context,
                    help="the context length the window's bytes are counted over in --quant-ratio")
     p.add_argument("--trust-remote-code", action="store_true")
-    return cli_exit(export, p.parse_args(argv))
+    return p
 
 
 def export(a: argparse.Namespace) -> None:

@@ -77,7 +77,8 @@ class QuantOptions:
                                      # 'none': the weights as they are
     probe_tokens: int = 1024         # calibration text after the calibration tokens, for the probes
     probe_rounds: int = 1            # probe again at the allocation the last probes gave, this many times in all
-    float_window: int = 0            # W >= 2: the last W-1 tokens' exact latents in float16 beside the codes
+    float_window: int | None = None  # W >= 2: the last W-1 tokens' exact latents in float16 beside the codes;
+                                     # 0: none; None: the default, settled by the job (quant/window.py)
     window_context: int = 2048       # the context a float window's bytes are spread over in the ratio
 
     def scales(self, kind: str) -> str:
@@ -97,10 +98,10 @@ class QuantOptions:
             raise UserError(f"quantizer sensitivity {self.sensitivity!r} is unknown: use measured or none")
         if self.weights not in ("output", "variance"):
             raise UserError(f"quantizer weights {self.weights!r} are unknown: use output or variance")
-        if self.float_window < 0 or self.float_window == 1:
+        if self.float_window is not None and (self.float_window < 0 or self.float_window == 1):
             raise UserError(f"QUANT_WINDOW={self.float_window} must be 0 (none) or >= 2 (the newest tokens read "
                             "in float, the query itself included)")
-        if self.window_context < max(self.float_window, 1):
+        if self.window_context < max(self.float_window or 0, 1):
             raise UserError(f"QUANT_WINDOW_CONTEXT={self.window_context} must be at least QUANT_WINDOW="
                             f"{self.float_window}: it is the context the window's bytes are counted over")
 

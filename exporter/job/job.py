@@ -30,6 +30,7 @@ from ..model.stream import LayerStream
 from ..model.weights import model_fingerprint
 from ..options import ExportOptions, default_for_windows
 from ..projectors.metric import output_metrics
+from ..quant.window import with_float_window
 from .checks import check_against_model, check_options
 
 
@@ -60,6 +61,7 @@ class ExportJob:
             o = default_for_windows(o)
             print("sliding-window layers: the default export is K=full with a concat cache, whose windowed layers "
                   "keep only their window", flush=True)
+        o = with_float_window(o, cfg)
         check_against_model(o, cfg)
         if o.method is None:
             o = replace(o, method="output-aware" if o.is_auto else "pca")

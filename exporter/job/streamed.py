@@ -35,6 +35,7 @@ from ..model.load import Loaded
 from ..model.stream import LayerStream, checkpoint_bytes
 from ..model.weights import model_fingerprint
 from ..options import ExportOptions
+from ..quant.window import with_float_window
 from .checks import check_against_model, check_options
 from .job import ExportJob
 from .metadata import export_metadata
@@ -70,6 +71,7 @@ def streamed_job(o: ExportOptions) -> ExportJob:
     check_options(o)
     check_streamable(o)
     stream = LayerStream(o.model)
+    o = with_float_window(o, stream.cfg)
     check_against_model(o, stream.cfg)
     if o.method is None:
         o = replace(o, method="pca")

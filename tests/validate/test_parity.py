@@ -119,6 +119,7 @@ class _Noisy:
 def test_quantized_parity_measures_the_rounding_floor_and_fails_a_wrong_graph(tiny_export):
     export = tiny_export("llama", "full", "pre-rope", quant=QuantOptions("spectral", 4.0))
     hf, _, ref, meta = load_ref(export)
+    assert meta.layout.float_window == 16           # QUANT=spectral's default window (quant/window.py), in the graph
     ort = OrtModel(export, meta)
     good = check_parity(ref, ort, prompts(meta.sink["token_id"]), meta.pad_token_id, original=hf_original(hf))
     assert good.passed and 0 <= good.kl_floor < 1e-6 < good.kl_cost, good.to_json()   # tiny model: no flips
