@@ -36,7 +36,6 @@ from ..model.config import DecoderConfig
 from ..options import QuantOptions
 from .allocation import MAX_BITS, CodedTensor, spectral_bits, uniform_bits
 from .scales import latent_statistics, scale_search
-from .window import window_bytes
 
 
 def float16_bytes(cfg) -> int:
@@ -152,6 +151,14 @@ def _curves(proj: Projectors, src: Sources, q: QuantOptions):
                 * (sigma.pow(2) * gain)                                                      # (9, r)
         curves[(i, kind)] = table.T.tolist()
     return curves, sigmas, (scales or None)
+
+
+def window_bytes(components: int, q: QuantOptions) -> float:
+    """Bytes per token a float window of `components` latent components costs at q.window_context tokens."""
+    if not q.float_window:
+        return 0.0
+    held = min(q.float_window - 1, q.window_context)
+    return held * 2 * components / q.window_context                   # float16
 
 
 def _allocate(curves: dict, cfg, q: QuantOptions, min_bits: int = 0) -> dict:

@@ -1,8 +1,8 @@
-"""The float window's bytes and its default: KIVI's residual beside the codes of a quantized cache.
+"""The float window's default: KIVI's residual beside the codes of a quantized cache, where it fits.
 
 A float window of W keeps the exact latents of a sequence's newest W-1 tokens in float16 beside the codes. It
 stops growing at W-1 tokens, so its bytes are a fixed amount per sequence, spread over the context a figure is
-quoted for (q.window_context, 2048 by default):
+quoted for (q.window_context, 2048 by default; quant/design.window_bytes):
 
     window bytes per token = (W-1) x 2 x (kept components) / context
 
@@ -12,7 +12,7 @@ wherever it fits: one bit for every latent component plus the window within the 
 bit each is already the whole budget), and no bounded sliding window shorter than it. QUANT=uniform and
 METHOD=raw default to none (the plain quantizer, for comparison); QUANT_WINDOW=W given is kept as it is.
 
-Entry points: `with_float_window(o, cfg)` (the options with the default settled), `window_bytes(components, q)`.
+Entry point: `with_float_window(o, cfg)`, the options with the default settled.
 """
 from __future__ import annotations
 
@@ -20,16 +20,9 @@ from dataclasses import replace
 
 from ..codec.packing import bytes_per_token
 from ..options import ExportOptions, QuantOptions, parse_rank
+from .design import float16_bytes, window_bytes
 
 DEFAULT_FLOAT_WINDOW = 16
-
-
-def window_bytes(components: int, q: QuantOptions) -> float:
-    """Bytes per token a float window of `components` latent components costs at q.window_context tokens."""
-    if not q.float_window:
-        return 0.0
-    held = min(q.float_window - 1, q.window_context)
-    return held * 2 * components / q.window_context                   # float16
 
 
 def with_float_window(o: ExportOptions, cfg) -> ExportOptions:
@@ -55,7 +48,7 @@ def why_not(o: ExportOptions, cfg, q: QuantOptions) -> str | None:
     ranks = {"key": rank(o, o.k_key, cfg), "value": rank(o, o.k_value, cfg)}
     one_bit = cfg.num_layers * sum(bytes_per_token([1] * ranks[kind], q.scales(kind), q.group) for kind in ranks)
     window = window_bytes(cfg.num_layers * sum(ranks.values()), q)
-    target = int(2 * cfg.num_layers * cfg.kv_dim * 2 // q.ratio)         # float16 bytes / ratio
+    target = int(float16_bytes(cfg) // q.ratio)
     if one_bit + window > target:
         return (f"one bit for each latent component ({one_bit} B/token) and the window ({window:.1f}) pass "
                 f"{target} B/token at QUANT_RATIO={q.ratio:g}: a lower K leaves it room")
