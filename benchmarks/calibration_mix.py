@@ -5,7 +5,8 @@ scored on more than one text, with the uncompressed model's perplexity on each t
         [--calibs "WIKI;WIKI,BOOK@0.5"] [--calib-tokens 16384,65536]
         [--evals WIKI2,BOOK] [--eval-tokens 8192]
 
-The codec is what `make export K=full QUANT=spectral QUANT_RATIO=<ratio> CALIB=<spec> CALIB_TOKENS=<n>` fits
+The codec is what `make export K=full QUANT=spectral QUANT_RATIO=<ratio> QUANT_WINDOW=<window> CALIB=<spec>
+CALIB_TOKENS=<n>` fits
 (job/stages.fit_quantized), scored with the PyTorch reference decoder it is built from (the
 acceptance figures come from `make validate` on exports). Calibration specs are separated by ';' (a spec is
 one file or a mix, calib/text.py: "a.txt,b.txt@0.5" takes turns of 2048 tokens from each, b from half of its

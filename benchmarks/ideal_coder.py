@@ -5,8 +5,8 @@ standing in for its scalar quantizer, scored in perplexity with the uncompressed
         [--quantizers "codec,scalar model,ideal code,lloyd-max,outliers"] [--eval-tokens 8192] [--fit-tokens 16384]
         [--outlier-fraction 0.01]
 
-For each METHOD and ratio the codec is fitted as `make export K=full QUANT=spectral QUANT_RATIO=<ratio>
-METHOD=<method>` fits it (trained: through the quantizer, job/stages.fit_quantized); then
+For each METHOD and ratio the codec is fitted as `make export K=<k> QUANT=spectral QUANT_RATIO=<ratio>
+QUANT_WINDOW=<window> METHOD=<method>` fits it (trained: through the quantizer, job/stages.fit_quantized); then
 every quantized component j (b_j bits) is replaced by a channel that returns
 
     c^ = mu + a (c - mu) + sqrt(a D) z,   a = 1 - D / var,   z ~ N(0, 1)
