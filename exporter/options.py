@@ -189,6 +189,12 @@ def parse_rank(value, kv_dim: int, what: str) -> int | None:
     return r
 
 
+def given_rank(o: ExportOptions, kind: str, kv_dim: int) -> int | None:
+    """The rank K_KEY or K_VALUE (else K) asks for a kind ('key' | 'value'): None for full, as parse_rank."""
+    given = o.k_key if kind == "key" else o.k_value
+    return parse_rank(given if given is not None else o.k, kv_dim, f"K_{kind.upper()}" if given is not None else "K")
+
+
 def per_layer(rank, n: int) -> list:
     """One rank for every layer (an int or None), or a per-layer list as it is."""
     return list(rank) if isinstance(rank, (list, tuple)) else [rank] * n

@@ -13,6 +13,7 @@ from ..calib.text import parse_sources
 from ..errors import UserError
 from ..options import KEY_MODES, KV_DTYPES, KV_KERNELS, KV_ROTATIONS, METHODS, WINDOW_CACHES, ExportOptions
 from ..quant.design import float16_bytes
+from ..quant.window import shortest_bounded_window
 from ..ranks.auto import check_budget
 
 
@@ -60,11 +61,10 @@ def check_against_model(o: ExportOptions, cfg) -> None:
         if fp16 // o.quant.ratio < tensors:
             raise UserError(f"QUANT_RATIO={o.quant.ratio:g} leaves {int(fp16 // o.quant.ratio)} bytes per token for "
                             f"{tensors} coded tensors, at least one byte each: use QUANT_RATIO <= {fp16 / tensors:g}")
-        bounded = [cfg.window(i) for i in range(cfg.num_layers) if cfg.window(i) and o.window_cache == "bounded"]
-        if o.quant.float_window and bounded and min(bounded) < o.quant.float_window:
-            # the float window must fit in what a bounded sliding-window layer keeps (its tail of the slots)
+        shortest = shortest_bounded_window(o, cfg)
+        if o.quant.float_window and shortest is not None and shortest < o.quant.float_window:
             raise UserError(f"QUANT_WINDOW={o.quant.float_window} is longer than this model's sliding window of "
-                            f"{min(bounded)} tokens: use QUANT_WINDOW <= {min(bounded)}, or WINDOW_CACHE=full")
+                            f"{shortest} tokens: use QUANT_WINDOW <= {shortest}, or WINDOW_CACHE=full")
 
 
 def is_quantized(o: ExportOptions) -> bool:

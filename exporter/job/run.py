@@ -27,7 +27,7 @@ from ..codec.store import load_projectors
 from ..export.claim import claim_out_dir
 from ..export.directory import check_out_dir, point_latest, save_export
 from ..model.fold import build_decoder
-from ..options import ExportOptions, parse_rank, per_layer
+from ..options import ExportOptions, given_rank, per_layer
 from ..quant.design import float16_bytes
 from .checks import check_shared_buffer, has_cache_quant, is_quantized
 from .job import ExportJob
@@ -69,10 +69,8 @@ def run_export(o: ExportOptions, loaded=None) -> str:
     # a model bigger than memory (or STREAM=1) is read one layer at a time wherever it is read
     job = streamed_job(o) if loaded is None and streams(o) else ExportJob.start(o, loaded)
     o, cfg = job.options, job.config
-    key_rank = None if o.is_auto else parse_rank(o.k_key if o.k_key is not None else o.k, cfg.kv_dim,
-                                                 "K_KEY" if o.k_key else "K")
-    value_rank = None if o.is_auto else parse_rank(o.k_value if o.k_value is not None else o.k, cfg.kv_dim,
-                                                   "K_VALUE" if o.k_value else "K")
+    key_rank = None if o.is_auto else given_rank(o, "key", cfg.kv_dim)
+    value_rank = None if o.is_auto else given_rank(o, "value", cfg.kv_dim)
     quantized = is_quantized(o)
     if quantized and o.method != "raw":     # K=full with a quantizer: the full-rank transform, bits decide
         key_rank, value_rank = key_rank or cfg.kv_dim, value_rank or cfg.kv_dim

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..codec.packing import bytes_per_token
-from ..options import ExportOptions, QuantOptions, parse_rank
+from ..options import ExportOptions, QuantOptions, given_rank
 from .design import float16_bytes, window_bytes
 
 DEFAULT_FLOAT_WINDOW = 16
@@ -42,10 +42,12 @@ def with_float_window(o: ExportOptions, cfg) -> ExportOptions:
 
 def why_not(o: ExportOptions, cfg, q: QuantOptions) -> str | None:
     """Why the window of q does not fit this export, or None when it does."""
-    bounded = [cfg.window(i) for i in range(cfg.num_layers) if cfg.window(i) and o.window_cache == "bounded"]
-    if bounded and min(bounded) < q.float_window:
-        return f"this model's sliding window of {min(bounded)} tokens is shorter"
-    ranks = {"key": rank(o, o.k_key, cfg), "value": rank(o, o.k_value, cfg)}
+    shortest = shortest_bounded_window(o, cfg)
+    if shortest is not None and shortest < q.float_window:
+        return f"this model's sliding window of {shortest} tokens is shorter"
+    # projector files keep at most full rank: counting full is the safe side
+    ranks = {kind: cfg.kv_dim if o.projectors else given_rank(o, kind, cfg.kv_dim) or cfg.kv_dim
+             for kind in ("key", "value")}
     one_bit = cfg.num_layers * sum(bytes_per_token([1] * ranks[kind], q.scales(kind), q.group) for kind in ranks)
     window = window_bytes(cfg.num_layers * sum(ranks.values()), q)
     target = int(float16_bytes(cfg) // q.ratio)
@@ -55,8 +57,8 @@ def why_not(o: ExportOptions, cfg, q: QuantOptions) -> str | None:
     return None
 
 
-def rank(o: ExportOptions, given: str | None, cfg) -> int:
-    """A tensor's rank as K (or K_KEY / K_VALUE) sets it; full for projector files (at most full: the safe side)."""
-    if o.projectors:
-        return cfg.kv_dim
-    return parse_rank(given if given is not None else o.k, cfg.kv_dim, "K") or cfg.kv_dim
+def shortest_bounded_window(o: ExportOptions, cfg) -> int | None:
+    """The shortest sliding window a layer keeps bounded (WINDOW_CACHE=bounded), or None: a float window must fit
+    in it (its tail of the slots)."""
+    bounded = [cfg.window(i) for i in range(cfg.num_layers) if cfg.window(i) and o.window_cache == "bounded"]
+    return min(bounded, default=None)
